@@ -1,0 +1,9 @@
+"""Checkpoint conversion: Hugging Face and fairseq checkpoints to w2v's own format.
+
+Nothing here imports ``transformers`` or ``fairseq``; every converter is a
+pure function from a source state dict and config to a :class:`Checkpoint`.
+"""
+
+from convert.checkpoint import Checkpoint, CheckpointError
+
+__all__ = ["Checkpoint", "CheckpointError"]

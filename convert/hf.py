@@ -1,0 +1,348 @@
+"""Hugging Face ``transformers`` checkpoints (any head class) → w2v, without transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convert.checkpoint import Checkpoint, CheckpointError
+from convert.keys import check_against, expected_state, rename
+from w2v.config import Config
+
+# model_type → (family, backbone prefix in head models)
+MODEL_TYPES = {
+    "wav2vec2": ("wav2vec2", "wav2vec2."),
+    "hubert": ("hubert", "hubert."),
+    "data2vec-audio": ("data2vec-audio", "data2vec_audio."),
+    "wavlm": ("wavlm", "wavlm."),
+}
+
+# Backbone keys: HF name template → w2v name template. Most are identical by design.
+BACKBONE_KEYS = {
+    "feature_extractor.conv_layers.{}.conv.weight": "feature_extractor.conv_layers.{}.conv.weight",
+    "feature_extractor.conv_layers.{}.conv.bias": "feature_extractor.conv_layers.{}.conv.bias",
+    "feature_extractor.conv_layers.{}.layer_norm.weight": "feature_extractor.conv_layers.{}.layer_norm.weight",
+    "feature_extractor.conv_layers.{}.layer_norm.bias": "feature_extractor.conv_layers.{}.layer_norm.bias",
+    "feature_projection.layer_norm.weight": "feature_projection.layer_norm.weight",
+    "feature_projection.layer_norm.bias": "feature_projection.layer_norm.bias",
+    "feature_projection.projection.weight": "feature_projection.projection.weight",
+    "feature_projection.projection.bias": "feature_projection.projection.bias",
+    # weight norm, older (weight_g/weight_v) and newer (parametrizations) spellings
+    "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.weight_g",
+    "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.weight_v",
+    "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv_embed.conv.weight_g",
+    "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv_embed.conv.weight_v",
+    "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv_embed.conv.bias",
+    # HuBERT conv_pos_batch_norm: plain conv weight + BatchNorm
+    "encoder.pos_conv_embed.conv.weight": "encoder.pos_conv_embed.conv.weight",
+    "encoder.pos_conv_embed.batch_norm.weight": "encoder.pos_conv_embed.batch_norm.weight",
+    "encoder.pos_conv_embed.batch_norm.bias": "encoder.pos_conv_embed.batch_norm.bias",
+    "encoder.pos_conv_embed.batch_norm.running_mean": "encoder.pos_conv_embed.batch_norm.running_mean",
+    "encoder.pos_conv_embed.batch_norm.running_var": "encoder.pos_conv_embed.batch_norm.running_var",
+    "encoder.pos_conv_embed.batch_norm.num_batches_tracked": "encoder.pos_conv_embed.batch_norm.num_batches_tracked",
+    # data2vec-audio positional conv stack
+    "encoder.pos_conv_embed.layers.{}.conv.weight": "encoder.pos_conv_embed.layers.{}.conv.weight",
+    "encoder.pos_conv_embed.layers.{}.conv.bias": "encoder.pos_conv_embed.layers.{}.conv.bias",
+    "encoder.layer_norm.weight": "encoder.layer_norm.weight",
+    "encoder.layer_norm.bias": "encoder.layer_norm.bias",
+    "encoder.layers.{}.attention.q_proj.weight": "encoder.layers.{}.attention.q_proj.weight",
+    "encoder.layers.{}.attention.q_proj.bias": "encoder.layers.{}.attention.q_proj.bias",
+    "encoder.layers.{}.attention.k_proj.weight": "encoder.layers.{}.attention.k_proj.weight",
+    "encoder.layers.{}.attention.k_proj.bias": "encoder.layers.{}.attention.k_proj.bias",
+    "encoder.layers.{}.attention.v_proj.weight": "encoder.layers.{}.attention.v_proj.weight",
+    "encoder.layers.{}.attention.v_proj.bias": "encoder.layers.{}.attention.v_proj.bias",
+    "encoder.layers.{}.attention.out_proj.weight": "encoder.layers.{}.attention.out_proj.weight",
+    "encoder.layers.{}.attention.out_proj.bias": "encoder.layers.{}.attention.out_proj.bias",
+    "encoder.layers.{}.attention.gru_rel_pos_const": "encoder.layers.{}.attention.gru_rel_pos_const",
+    "encoder.layers.{}.attention.gru_rel_pos_linear.weight": "encoder.layers.{}.attention.gru_rel_pos_linear.weight",
+    "encoder.layers.{}.attention.gru_rel_pos_linear.bias": "encoder.layers.{}.attention.gru_rel_pos_linear.bias",
+    "encoder.layers.{}.layer_norm.weight": "encoder.layers.{}.layer_norm.weight",
+    "encoder.layers.{}.layer_norm.bias": "encoder.layers.{}.layer_norm.bias",
+    "encoder.layers.{}.feed_forward.intermediate_dense.weight": "encoder.layers.{}.feed_forward.intermediate_dense.weight",
+    "encoder.layers.{}.feed_forward.intermediate_dense.bias": "encoder.layers.{}.feed_forward.intermediate_dense.bias",
+    "encoder.layers.{}.feed_forward.output_dense.weight": "encoder.layers.{}.feed_forward.output_dense.weight",
+    "encoder.layers.{}.feed_forward.output_dense.bias": "encoder.layers.{}.feed_forward.output_dense.bias",
+    "encoder.layers.{}.final_layer_norm.weight": "encoder.layers.{}.final_layer_norm.weight",
+    "encoder.layers.{}.final_layer_norm.bias": "encoder.layers.{}.final_layer_norm.bias",
+}
+
+# WavLM: layer 0 alone owns the bucket embedding; w2v keeps it on the encoder.
+BACKBONE_EXACT = {
+    "encoder.layers.0.attention.rel_attn_embed.weight": "encoder.rel_attn_embed.weight",
+}
+
+BACKBONE_IGNORED = {
+    "masked_spec_embed": "SpecAugment mask embedding, used in training only",
+}
+
+# Keys outside the backbone prefix of head models.
+HEAD_KEYS = {
+    "lm_head.weight": "lm_head.weight",
+    "lm_head.bias": "lm_head.bias",
+}
+HEAD_IGNORED = {
+    # sequence / frame classification
+    "projector.weight": "classification head",
+    "projector.bias": "classification head",
+    "classifier.weight": "classification head",
+    "classifier.bias": "classification head",
+    "layer_weights": "weighted layer sum of a classification head",
+    # x-vector
+    "tdnn.{}.kernel.weight": "x-vector head",
+    "tdnn.{}.kernel.bias": "x-vector head",
+    "feature_extractor.weight": "x-vector head",
+    "feature_extractor.bias": "x-vector head",
+    "objective.weight": "x-vector head (AM-softmax)",
+    # pretraining
+    "quantizer.codevectors": "pretraining quantizer",
+    "quantizer.weight_proj.weight": "pretraining quantizer",
+    "quantizer.weight_proj.bias": "pretraining quantizer",
+    "project_hid.weight": "pretraining projection",
+    "project_hid.bias": "pretraining projection",
+    "project_q.weight": "pretraining projection",
+    "project_q.bias": "pretraining projection",
+}
+
+# HF defaults for fields a config.json may omit
+_DEFAULTS: dict[str, Any] = {
+    "feat_extract_norm": "group",
+    "conv_dim": [512] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-5,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "do_stable_layer_norm": False,
+    "feat_proj_layer_norm": True,
+    "conv_pos_batch_norm": False,
+    "conv_pos_kernel_size": 19,
+    "num_buckets": 320,
+    "max_bucket_distance": 800,
+    "hidden_act": "gelu",
+    "feat_extract_activation": "gelu",
+    "add_adapter": False,
+}
+
+
+def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, str]:
+    """A transformers ``config.json`` dict → (w2v Config, family).
+
+    ``ctc``: keep a CTC head of ``vocab_size`` outputs. Raises ValueError for
+    model types and settings w2v does not implement.
+    """
+    model_type = cfg.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)}"
+        )
+    family = MODEL_TYPES[model_type][0]
+
+    def get(name: str) -> Any:
+        return cfg.get(name, _DEFAULTS[name])
+
+    for name in ("hidden_act", "feat_extract_activation"):
+        if get(name) != "gelu":
+            raise ValueError(f"{name}={get(name)!r} is not supported (only 'gelu')")
+    if get("add_adapter"):
+        raise ValueError("add_adapter=true (a Wav2Vec2 adapter stack) is not supported")
+    norm = get("feat_extract_norm")
+    if family == "data2vec-audio":
+        norm = "layer"  # data2vec-audio always uses LayerNorm conv layers
+    if norm not in ("group", "layer"):
+        raise ValueError(f"feat_extract_norm={norm!r} is not supported (group or layer)")
+
+    fields: dict[str, Any] = dict(
+        conv_dim=get("conv_dim"),
+        conv_kernel=get("conv_kernel"),
+        conv_stride=get("conv_stride"),
+        conv_bias=bool(get("conv_bias")),
+        conv_norm=norm,
+        hidden_size=get("hidden_size"),
+        num_layers=get("num_hidden_layers"),
+        num_heads=get("num_attention_heads"),
+        intermediate_size=get("intermediate_size"),
+        layer_norm_eps=float(get("layer_norm_eps")),
+        layer_norm_first=bool(get("do_stable_layer_norm")),
+        pos_conv_kernel=get("num_conv_pos_embeddings"),
+        pos_conv_groups=get("num_conv_pos_embedding_groups"),
+    )
+    if family == "hubert":
+        fields["feat_proj_layer_norm"] = bool(get("feat_proj_layer_norm"))
+        if get("conv_pos_batch_norm"):
+            fields["pos_conv"] = "batch_norm"
+    if family == "data2vec-audio":
+        # here num_conv_pos_embeddings counts blocks, not taps
+        fields.update(
+            pos_conv="stack",
+            pos_conv_depth=get("num_conv_pos_embeddings"),
+            pos_conv_kernel=get("conv_pos_kernel_size"),
+            layer_norm_first=False,
+        )
+    if family == "wavlm":
+        fields.update(rel_pos_buckets=get("num_buckets"), rel_pos_max_distance=get("max_bucket_distance"))
+    if ctc:
+        fields["vocab_size"] = int(cfg["vocab_size"])
+    return Config(**fields), family
+
+
+def convert_hf_state_dict(
+    state: dict[str, torch.Tensor], config: Config, family: str, source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """HF state dict (base or head model) → (w2v state dict, dropped head keys)."""
+    prefix = next(p for f, p in MODEL_TYPES.values() if f == family)
+    if any(k.startswith(prefix) for k in state):
+        backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        heads = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    else:
+        backbone, heads = state, {}
+    out, dropped = rename(backbone, BACKBONE_KEYS, BACKBONE_IGNORED, source, BACKBONE_EXACT)
+    head_out, head_dropped = rename(heads, HEAD_KEYS, HEAD_IGNORED, source)
+    if config.vocab_size is None:
+        head_dropped += sorted(head_out)
+        head_out = {}
+    out.update(head_out)
+    check_against(out, expected_state(config), source)
+    return out, head_dropped
+
+
+def read_hf(path: str | Path) -> Checkpoint:
+    """Read a Hugging Face model directory (``save_pretrained`` output or a hub snapshot)."""
+    d = Path(path)
+    cfg_path = d / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: cannot read config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    architectures = cfg.get("architectures") or []
+    state = read_hf_weights(d)
+    ctc = any(a.endswith("ForCTC") for a in architectures) or "lm_head.weight" in state
+    try:
+        config, family = config_from_hf(cfg, ctc=ctc)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    weights, dropped = convert_hf_state_dict(state, config, family, source=str(d))
+    notices = []
+    if dropped:
+        heads = sorted({k.split(".")[0] for k in dropped})
+        notices.append(
+            f"{d}: kept the {family} encoder; dropped {len(dropped)} weights of "
+            f"{', '.join(heads)} not used for feature extraction"
+        )
+    normalize, pre_notice = _read_normalize(d)
+    if pre_notice:
+        notices.append(pre_notice)
+    return Checkpoint(
+        config=config,
+        state_dict=weights,
+        family=family,
+        normalize=normalize,
+        vocab=_read_vocab(d, config.vocab_size),
+        source=f"transformers {architectures[0] if architectures else cfg['model_type']} from {d}",
+        notices=notices,
+    )
+
+
+def read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
+    """Weights from model.safetensors, sharded safetensors, or pytorch_model.bin (weights_only)."""
+    candidates = [
+        (d / "model.safetensors", _load_safetensors),
+        (d / "model.safetensors.index.json", _load_sharded),
+        (d / "pytorch_model.bin", _load_bin),
+        (d / "pytorch_model.bin.index.json", _load_sharded),
+    ]
+    for file, loader in candidates:
+        if file.is_file():
+            return loader(file)
+    raise CheckpointError(
+        f"{d}: no weights found (expected model.safetensors, model.safetensors.index.json "
+        "or pytorch_model.bin)"
+    )
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: cannot read weights ({_one_line(e)})") from None
+
+
+def _load_bin(file: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{file}: cannot read weights ({_one_line(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: cannot read shard index ({_one_line(e)})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        file = index.parent / shard
+        if not file.is_file():
+            raise CheckpointError(f"{index}: shard {shard} is missing")
+        loader = _load_safetensors if shard.endswith(".safetensors") else _load_bin
+        state.update(loader(file))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"{index}: keys listed in the index are absent from the shards: {', '.join(missing[:5])}")
+    return state
+
+
+def _read_normalize(d: Path) -> tuple[bool, str | None]:
+    pre = d / "preprocessor_config.json"
+    if not pre.is_file():
+        return False, (
+            f"{d}: no preprocessor_config.json; input normalisation is off "
+            "(add the file, or set model.normalize, if the model was trained with it)"
+        )
+    try:
+        data = json.loads(pre.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{pre}: cannot read ({_one_line(e)})") from None
+    rate = data.get("sampling_rate", 16000)
+    if rate != 16000:
+        raise CheckpointError(f"{pre}: sampling_rate {rate} is not supported (w2v models take 16 kHz)")
+    return bool(data.get("do_normalize", True)), None
+
+
+def _read_vocab(d: Path, vocab_size: int | None) -> list[str] | None:
+    """CTC symbols from the tokenizer's vocab.json, ordered by id, when present and complete."""
+    file = d / "vocab.json"
+    if vocab_size is None or not file.is_file():
+        return None
+    try:
+        vocab = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(vocab, dict) and vocab and all(isinstance(v, dict) for v in vocab.values()):
+        vocab = next(iter(vocab.values()))  # multilingual tokenizers nest one vocab per language
+    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
+        return None
+    if len(vocab) != vocab_size:
+        return None
+    return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,33 @@
+"""Find out what kind of checkpoint a path is and read it into a :class:`Checkpoint`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from convert import checkpoint
+from convert.checkpoint import Checkpoint, CheckpointError
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a w2v directory, a Hugging Face model directory, or a fairseq ``.pt`` file.
+
+    Raises :class:`CheckpointError` with a one-line message naming the file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if checkpoint.is_w2v_dir(p):
+            return checkpoint.read(p)
+        if (p / "config.json").is_file():
+            from convert.hf import read_hf
+
+            return read_hf(p)
+        raise CheckpointError(
+            f"{p}: directory holds no config.json; expected a w2v checkpoint directory "
+            "(from `w2v convert`) or a Hugging Face model directory"
+        )
+    if p.is_file():
+        from convert.fairseq import read_fairseq
+
+        return read_fairseq(p)
+    raise CheckpointError(f"{p}: no such file or directory")

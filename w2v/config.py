@@ -1,0 +1,150 @@
+"""Architecture configuration: a frozen dataclass plus the named configs in ``configs/``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+CONV_NORMS = ("group", "layer")
+POS_CONVS = ("weight_norm", "batch_norm", "stack")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Architecture of one wav2vec 2.0 family encoder.
+
+    Only fields that change the computation live here; checkpoint metadata
+    (input normalisation, CTC vocabulary, provenance) travels beside it.
+    Families differ by flags read at a single point each:
+
+    * ``conv_norm``: "group" puts GroupNorm(C, C) on conv layer 0 only
+      (fairseq "default"); "layer" puts a LayerNorm over channels on every layer.
+    * ``layer_norm_first``: pre-LN transformer layers with the encoder LayerNorm
+      after the last layer (HF ``do_stable_layer_norm``); otherwise post-LN with
+      the encoder LayerNorm before layer 1.
+    * ``pos_conv``: "weight_norm" (wav2vec2, HuBERT, WavLM), "batch_norm"
+      (HuBERT ``conv_pos_batch_norm``), "stack" (data2vec-audio:
+      ``pos_conv_depth`` conv → LayerNorm(no affine) → GELU blocks).
+    * ``rel_pos_buckets`` > 0: WavLM's gated relative position bias.
+    * ``vocab_size``: a CTC head of that many outputs.
+    """
+
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    conv_norm: str = "group"
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    layer_norm_eps: float = 1e-5
+    layer_norm_first: bool = False
+    feat_proj_layer_norm: bool = True
+    pos_conv: str = "weight_norm"
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+    pos_conv_depth: int = 1
+    rel_pos_buckets: int = 0
+    rel_pos_max_distance: int = 800
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
+            raise ValueError(
+                "conv_dim, conv_kernel and conv_stride must have the same length, got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}"
+            )
+        if self.conv_norm not in CONV_NORMS:
+            raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {self.conv_norm!r}")
+        if self.pos_conv not in POS_CONVS:
+            raise ValueError(f"pos_conv must be one of {POS_CONVS}, got {self.pos_conv!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.hidden_size % self.pos_conv_groups:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by pos_conv_groups "
+                f"{self.pos_conv_groups}"
+            )
+        if self.pos_conv_depth < 1:
+            raise ValueError(f"pos_conv_depth must be >= 1, got {self.pos_conv_depth}")
+
+    # Derived values -------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between consecutive frames (320 = 20 ms at 16 kHz)."""
+        hop = 1
+        for s in self.conv_stride:
+            hop *= s
+        return hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one frame (400 = 25 ms at 16 kHz); also the shortest valid input."""
+        field = 1
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+            field = (field - 1) * s + k
+        return field
+
+    # Serialisation ----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_name(cls, name: str) -> Config:
+        """The named architecture from ``configs/<name>.json`` (exact match)."""
+        path = CONFIG_DIR / f"{name}.json"
+        if not path.is_file():
+            raise ValueError(f"unknown config {name!r}; valid names: {', '.join(config_names())}")
+        data = json.loads(path.read_text())
+        return cls.from_dict(data["config"])
+
+
+def config_names() -> list[str]:
+    """Names of the architectures shipped in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def named_config_info(name: str) -> dict[str, Any]:
+    """The whole JSON of a named config: ``config``, ``family`` and ``checkpoints``."""
+    Config.from_name(name)  # validates the name with a helpful error
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def num_frames(num_samples: int, config: Config | None = None) -> int:
+    """Frames the conv feature encoder produces for ``num_samples`` input samples.
+
+    Applies ``floor((L - k) / s) + 1`` per conv layer; 0 when the input is
+    shorter than the receptive field (400 samples for every public model).
+    """
+    config = config or Config()
+    length = int(num_samples)
+    for k, s in zip(config.conv_kernel, config.conv_stride):
+        if length < k:
+            return 0
+        length = (length - k) // s + 1
+    return length

@@ -1,0 +1,88 @@
+"""Building models: random init from a config, or loaded from any supported checkpoint."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from w2v.config import Config
+from w2v.nn.model import Model
+from w2v.nn.norm import GroupNorm, LayerNorm
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model:
+    """A randomly initialised model (eval mode) from a config name or object."""
+    if isinstance(config, str):
+        config = Config.from_name(config)
+    if vocab_size is not None:
+        config = Config.from_dict({**config.to_dict(), "vocab_size": vocab_size})
+    return Model(config).eval()
+
+
+def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None) -> Model:
+    """Build the model for a :class:`convert.checkpoint.Checkpoint` and load its weights strictly."""
+    with torch.device("meta"):
+        model = Model(ckpt.config)
+    model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
+    model.normalize = ckpt.normalize
+    model.vocab = ckpt.vocab
+    model.family = ckpt.family
+    model.eval()
+    return to(model, device=device, dtype=dtype)
+
+
+def to(model: Model, *, device=None, dtype: torch.dtype | None = None) -> Model:
+    """Move/cast a model; norm layers keep float32 parameters under bf16/fp16."""
+    if device is not None:
+        model.to(device=device)
+    if dtype is not None:
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point type, got {dtype}")
+        model.to(dtype=dtype)
+        for m in model.modules():
+            if isinstance(m, (LayerNorm, GroupNorm, nn.BatchNorm1d)):
+                m.float()
+    return model
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Model:
+    """Load a model (eval mode) from a w2v checkpoint directory, a Hugging Face model
+    directory, a fairseq ``.pt`` file, or a Hugging Face hub id (``org/name``,
+    needs ``huggingface_hub``; converted once and cached).
+
+    Notices about dropped heads are emitted as :class:`UserWarning`.
+    """
+    from convert.load import read_checkpoint
+
+    p = Path(path)
+    if not p.exists() and isinstance(path, str) and _HUB_ID.match(path):
+        from w2v.hub import resolve_hub
+
+        p = resolve_hub(path)
+    ckpt = read_checkpoint(p)
+    for notice in ckpt.notices:
+        warnings.warn(notice, stacklevel=2)
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype)
+    return model_from_checkpoint(ckpt, device=device, dtype=dtype)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    try:
+        return names[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16") from None

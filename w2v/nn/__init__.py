@@ -1,0 +1,5 @@
+"""The model: one module per stage of the wav2vec 2.0 architecture."""
+
+from w2v.nn.model import Model
+
+__all__ = ["Model"]

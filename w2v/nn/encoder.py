@@ -1,0 +1,82 @@
+"""Transformer layers (post-LN or pre-LN) and the encoder that stacks them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from w2v.config import Config
+from w2v.nn.attention import RelativePositionBias, SelfAttention
+from w2v.nn.norm import LayerNorm
+from w2v.nn.positional import build_positional
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN: ``x = LN1(x + attn(x)); x = LN2(x + ffn(x))``.
+    Pre-LN:  ``x = x + attn(LN1(x)); x = x + ffn(LN2(x))``.
+    """
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.layer_norm_first = config.layer_norm_first
+        self.attention = SelfAttention(config)
+        self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.final_layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.layer_norm_first:
+            x = x + self.attention(self.layer_norm(x), key_mask, position_bias)
+            return x + self.feed_forward(self.final_layer_norm(x))
+        x = self.layer_norm(x + self.attention(x, key_mask, position_bias))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    """Positional conv, the encoder LayerNorm and the transformer layers.
+
+    The LayerNorm sits before layer 1 for post-LN models and after the last
+    layer for pre-LN ones; :meth:`finish` applies it in the pre-LN case.
+    """
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.layer_norm_first = config.layer_norm_first
+        self.pos_conv_embed = build_positional(config)
+        self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.rel_attn_embed = RelativePositionBias(config) if config.rel_pos_buckets else None
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+
+    def embed(self, x: torch.Tensor, valid: torch.Tensor | None, exact: bool = True) -> torch.Tensor:
+        """Projected features (B, T, D) → input of layer 1 (B, T, D); ``valid`` (B, T) bool."""
+        if valid is not None:
+            x = x * valid[..., None].to(x.dtype)
+        xt = x.transpose(1, 2)  # (B, D, T)
+        rezero = valid[:, None, :].to(x.dtype) if (exact and valid is not None) else None
+        x = x + self.pos_conv_embed(xt, rezero).transpose(1, 2)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        return x
+
+    def position_bias(self, length: int) -> torch.Tensor | None:
+        return None if self.rel_attn_embed is None else self.rel_attn_embed(length)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last layer → model output."""
+        return self.layer_norm(x) if self.layer_norm_first else x

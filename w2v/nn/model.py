@@ -1,0 +1,197 @@
+"""The whole encoder: conv features → projection → transformer, plus an optional CTC head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from w2v.config import Config
+from w2v.nn.encoder import Encoder
+from w2v.nn.feature_encoder import FeatureEncoder
+from w2v.nn.norm import LayerNorm
+
+
+class FeatureProjection(nn.Module):
+    """[LayerNorm(512) →] Linear(512, D)."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        c = config.conv_dim[-1]
+        self.layer_norm = LayerNorm(c, eps=config.layer_norm_eps) if config.feat_proj_layer_norm else None
+        self.projection = nn.Linear(c, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return self.projection(x)
+
+
+class Model(nn.Module):
+    """A wav2vec 2.0 family encoder built from a :class:`~w2v.config.Config`.
+
+    Layer indices: 0 is the transformer input (HF ``hidden_states[0]``), k the
+    output of transformer layer k, before any final LayerNorm (HF
+    ``hidden_states[k]``). ``forward`` returns the model output, which for
+    pre-LN models is the encoder LayerNorm of layer N's output.
+
+    Attributes set by the loader (checkpoint metadata, not architecture):
+    ``normalize`` (inputs want per-utterance zero mean / unit variance),
+    ``vocab`` (CTC symbols, when known), ``family``.
+    """
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.feature_extractor = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        self.encoder = Encoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size) if config.vocab_size else None
+        self.normalize = False
+        self.vocab: list[str] | None = None
+        self.family = "wav2vec2"
+
+    # ------------------------------------------------------------------ inputs
+    def _check_input(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if waveforms.dim() == 1:
+            waveforms = waveforms[None]
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
+        if not waveforms.is_floating_point():
+            raise ValueError(f"waveforms must be floating point, got {waveforms.dtype}")
+        minimum = self.config.receptive_field
+        if waveforms.shape[-1] < minimum:
+            raise ValueError(
+                f"input has {waveforms.shape[-1]} samples; the model needs at least {minimum} "
+                f"({minimum / 16:.0f} ms at 16 kHz)"
+            )
+        if lengths is None:
+            return waveforms, None
+        lengths = torch.as_tensor(lengths, device=waveforms.device)
+        if lengths.shape != waveforms.shape[:1]:
+            raise ValueError(
+                f"lengths must have shape ({waveforms.shape[0]},), got {tuple(lengths.shape)}"
+            )
+        lengths = lengths.long()
+        # value checks are skipped while tracing so that forward stays exportable
+        if not torch.compiler.is_compiling():
+            short = (lengths < minimum).nonzero().flatten().tolist()
+            if short:
+                raise ValueError(
+                    f"batch items {short} are shorter than {minimum} samples, the minimum input "
+                    f"({minimum / 16:.0f} ms at 16 kHz)"
+                )
+            if bool((lengths > waveforms.shape[-1]).any()):
+                raise ValueError(
+                    f"lengths exceed the padded length {waveforms.shape[-1]}: {lengths.tolist()}"
+                )
+        return waveforms, lengths
+
+    # ------------------------------------------------------------------ stages
+    def _features(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None, exact: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """→ layer-1 input (B, T, D), valid frames (B,), key mask (B, 1, 1, T)."""
+        feats, frame_lengths = self.feature_extractor(waveforms, lengths, exact)  # (B, C, T)
+        x = self.feature_projection(feats.transpose(1, 2))  # (B, T, D)
+        valid = key_mask = None
+        if frame_lengths is not None:
+            valid = torch.arange(x.shape[1], device=x.device) < frame_lengths[:, None]  # (B, T)
+            key_mask = valid[:, None, None, :]
+        x = self.encoder.embed(x, valid, exact)
+        return x, frame_lengths, key_mask
+
+    def _run(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | Sequence[int] | None,
+        depth: int,
+        keep: set[int],
+        exact: bool,
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Run layers 1..depth; return the states whose index is in ``keep`` and the last one."""
+        waveforms, lengths = self._check_input(waveforms, lengths)
+        x, frame_lengths, key_mask = self._features(waveforms, lengths, exact)
+        states = {0: x} if 0 in keep else {}
+        bias = self.encoder.position_bias(x.shape[1]) if depth > 0 else None
+        for i, layer in enumerate(self.encoder.layers[:depth], start=1):
+            x = layer(x, key_mask, bias)
+            if i in keep:
+                states[i] = x
+        return states, x, frame_lengths
+
+    # ------------------------------------------------------------------ public
+    def resolve_layers(self, layers: Sequence[int] | None) -> list[int]:
+        """Layer indices in 0..N with negatives counted from the end (-1 = N)."""
+        n = self.config.num_layers
+        if layers is None:
+            return list(range(n + 1))
+        out = []
+        for i in layers:
+            j = int(i) + (n + 1 if int(i) < 0 else 0)
+            if not 0 <= j <= n:
+                raise ValueError(f"layer index {i} is out of range for a {n}-layer model (0..{n}, or -{n + 1}..-1)")
+            out.append(j)
+        return out
+
+    def hidden_states(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+        layers: Sequence[int] | None = None,
+        *,
+        exact: bool = True,
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """States at the requested layer indices, computing no layer past the deepest.
+
+        waveforms: (batch, samples) float at 16 kHz, right-padded; lengths:
+        (batch,) valid samples per item. layers: indices in 0..N (0 = transformer
+        input, k = output of layer k; negatives count from the end), default all.
+        Returns a list of (batch, frames, dim) in the order asked, and valid
+        frames per item (None without ``lengths``). ``exact=False`` reproduces
+        the reference implementations' batched numbers (padding leaks into the
+        statistics) instead of matching each item run alone.
+        """
+        idx = self.resolve_layers(layers)
+        states, _, frame_lengths = self._run(waveforms, lengths, max(idx, default=0), set(idx), exact)
+        return [states[i] for i in idx], frame_lengths
+
+    def extract_features(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+        num_layers: int | None = None,
+        *,
+        exact: bool = True,
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Outputs of transformer layers 1..num_layers (default all), each (batch, frames, dim).
+
+        Element i equals transformers' ``hidden_states[i + 1]`` and torchaudio's
+        ``extract_features()[0][i]``; no layer past ``num_layers`` is computed.
+        Returns them and the valid frames per item (None without ``lengths``).
+        """
+        n = self.config.num_layers if num_layers is None else int(num_layers)
+        if not 1 <= n <= self.config.num_layers:
+            raise ValueError(f"num_layers must be in 1..{self.config.num_layers}, got {num_layers}")
+        return self.hidden_states(waveforms, lengths, range(1, n + 1), exact=exact)
+
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+        *,
+        exact: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, samples) → model output (batch, frames, dim), or CTC logits
+        (batch, frames, vocab) when the model has a CTC head; and valid frames per item.
+
+        The output equals transformers' ``last_hidden_state`` (or ``logits``).
+        """
+        _, x, frame_lengths = self._run(waveforms, lengths, self.config.num_layers, set(), exact)
+        x = self.encoder.finish(x)
+        if self.lm_head is not None:
+            x = self.lm_head(x)
+        return x, frame_lengths

@@ -1,0 +1,52 @@
+"""Normalisation layers that compute in float32 whatever the activation dtype.
+
+fairseq keeps its norms in fp32 under half precision; doing the same keeps
+bf16/fp16 features close to fp32 ones. In fp32 these are the plain ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
+
+
+class LayerNorm(nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32):
+            return super().forward(x)
+        y = F.layer_norm(x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps)
+        return y.to(x.dtype)
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm(C, C): each channel normalised over time.
+
+    With ``lengths`` the statistics are taken over each item's valid frames only,
+    so a padded item is normalised exactly as it would be alone.
+    """
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, C, T); lengths: (B,) valid frames
+        dtype = x.dtype
+        if lengths is None:
+            if dtype == torch.float32 and self.weight.dtype == torch.float32:
+                return super().forward(x)
+            y = F.group_norm(x.float(), self.num_groups, _f32(self.weight), _f32(self.bias), self.eps)
+            return y.to(dtype)
+        if self.num_groups != self.num_channels:
+            raise NotImplementedError("valid-frame statistics need one group per channel")
+        xf = x.float()
+        valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]  # (B, T)
+        valid = valid[:, None, :].to(xf.dtype)  # (B, 1, T)
+        count = valid.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
+        mean = (xf * valid).sum(-1, keepdim=True) / count
+        centred = xf - mean
+        var = (centred.square() * valid).sum(-1, keepdim=True) / count
+        y = centred * torch.rsqrt(var + self.eps)
+        y = y * self.weight.float()[:, None] + self.bias.float()[:, None]
+        return y.to(dtype)
