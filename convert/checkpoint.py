@@ -70,7 +70,9 @@ def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt.state_dict.items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    _atomic_write(
+        out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
+    )
     text = json.dumps(ckpt.metadata(), indent=2) + "\n"
     _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
     return out

@@ -182,12 +182,14 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
         # here num_conv_pos_embeddings counts blocks, not taps
         fields.update(
             pos_conv="stack",
-            pos_conv_depth=get("num_conv_pos_embeddings"),
+            pos_conv_depth=cfg.get("num_conv_pos_embeddings", 5),  # HF data2vec default, not 128
             pos_conv_kernel=get("conv_pos_kernel_size"),
             layer_norm_first=False,
         )
     if family == "wavlm":
-        fields.update(rel_pos_buckets=get("num_buckets"), rel_pos_max_distance=get("max_bucket_distance"))
+        fields.update(
+            rel_pos_buckets=get("num_buckets"), rel_pos_max_distance=get("max_bucket_distance")
+        )
     if ctc:
         fields["vocab_size"] = int(cfg["vocab_size"])
     return Config(**fields), family
@@ -199,7 +201,7 @@ def convert_hf_state_dict(
     """HF state dict (base or head model) → (w2v state dict, dropped head keys)."""
     prefix = next(p for f, p in MODEL_TYPES.values() if f == family)
     if any(k.startswith(prefix) for k in state):
-        backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         heads = {k: v for k, v in state.items() if not k.startswith(prefix)}
     else:
         backbone, heads = state, {}
@@ -305,7 +307,9 @@ def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
         state.update(loader(file))
     missing = sorted(set(weight_map) - set(state))
     if missing:
-        raise CheckpointError(f"{index}: keys listed in the index are absent from the shards: {', '.join(missing[:5])}")
+        raise CheckpointError(
+            f"{index}: keys listed in the index are absent from the shards: {', '.join(missing[:5])}"
+        )
     return state
 
 
@@ -322,7 +326,9 @@ def _read_normalize(d: Path) -> tuple[bool, str | None]:
         raise CheckpointError(f"{pre}: cannot read ({_one_line(e)})") from None
     rate = data.get("sampling_rate", 16000)
     if rate != 16000:
-        raise CheckpointError(f"{pre}: sampling_rate {rate} is not supported (w2v models take 16 kHz)")
+        raise CheckpointError(
+            f"{pre}: sampling_rate {rate} is not supported (w2v models take 16 kHz)"
+        )
     return bool(data.get("do_normalize", True)), None
 
 

@@ -44,7 +44,9 @@ def rename(
         else:
             unknown.append(key)
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        shown = ", ".join(unknown[:5]) + (
+            f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        )
         raise CheckpointError(f"{source}: unknown weight keys: {shown}")
     return out, dropped
 
@@ -55,7 +57,9 @@ def check_against(
     """Every expected key present with the expected shape; nothing extra."""
     missing = sorted(set(expected) - set(converted))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5]) + (
+            f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        )
         raise CheckpointError(f"{source}: missing weight keys: {shown}")
     extra = sorted(set(converted) - set(expected))
     if extra:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from w2v.longform import AUTO_CHUNK_SECONDS, DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
+
 
 def _convert(args: argparse.Namespace) -> int:
     from convert.checkpoint import CheckpointError, save
@@ -45,7 +47,7 @@ class _Bar:
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=round(seconds, 1),
+            total=seconds,
             unit=" audio s",
             unit_scale=True,
             dynamic_ncols=True,
@@ -69,7 +71,16 @@ class _Bar:
                 print(line, file=sys.stderr)
         if self.bar is not None:
             self._postfix()
-            self.bar.update(round(entry.get("duration") or 0.0, 1))
+            self.bar.update(entry.get("duration") or 0.0)
+
+    def notice(self, text: str) -> None:
+        if self.quiet:
+            return
+        line = f"w2v embed: {text}"
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -97,6 +108,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
 def _embed(args: argparse.Namespace) -> int:
     from w2v.embed import UsageError, embed_files
 
@@ -116,6 +137,8 @@ def _embed(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             workers=args.workers,
             progress=bar,
+            chunk_seconds=args.chunk_seconds,
+            context_seconds=args.context_seconds,
         )
     except UsageError as e:
         print(f"w2v embed: error: {e}", file=sys.stderr)
@@ -182,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="padded audio seconds per batch (longest item x batch size; default 160)",
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument(
         "--channel",
@@ -191,9 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="use channel N (0-based) of multichannel files instead of the mean of all channels",
     )
-    p.add_argument("--workers", type=int, default=None, help="audio decoding threads (default: up to 4)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="audio decoding threads (default: 1 per 8 CPU cores with the model on the CPU, up to 4 on a GPU)",
+    )
+    p.add_argument(
+        "--chunk-seconds",
+        type=_non_negative,
+        default=None,
+        metavar="S",
+        help="compute inputs longer than S seconds in S-second windows with context "
+        f"(default: only inputs over {AUTO_CHUNK_SECONDS:g} s, in {DEFAULT_CHUNK_SECONDS:g} s windows; 0: never)",
+    )
+    p.add_argument(
+        "--context-seconds",
+        type=_non_negative,
+        default=DEFAULT_CONTEXT_SECONDS,
+        metavar="S",
+        help=f"context on each side of a window (default {DEFAULT_CONTEXT_SECONDS:g})",
+    )
     p.add_argument("--overwrite", action="store_true", help="recompute inputs already done")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or error lines; only the summary")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar or error lines; only the summary"
+    )
     p.set_defaults(func=_embed)
     return parser
 

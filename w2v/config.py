@@ -95,7 +95,7 @@ class Config:
     def receptive_field(self) -> int:
         """Samples seen by one frame (400 = 25 ms at 16 kHz); also the shortest valid input."""
         field = 1
-        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
             field = (field - 1) * s + k
         return field
 
@@ -143,7 +143,7 @@ def num_frames(num_samples: int, config: Config | None = None) -> int:
     """
     config = config or Config()
     length = int(num_samples)
-    for k, s in zip(config.conv_kernel, config.conv_stride):
+    for k, s in zip(config.conv_kernel, config.conv_stride, strict=True):
         if length < k:
             return 0
         length = (length - k) // s + 1

@@ -30,7 +30,9 @@ def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None
     """Build the model for a :class:`convert.checkpoint.Checkpoint` and load its weights strictly."""
     with torch.device("meta"):
         model = Model(ckpt.config)
-    model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
+    # weights stored in half precision load as float32 unless a dtype is asked for
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     model.normalize = ckpt.normalize
     model.vocab = ckpt.vocab
     model.family = ckpt.family
@@ -80,8 +82,14 @@ def load(
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     try:
         return names[name]
     except KeyError:

@@ -11,7 +11,9 @@ from torch import nn
 from w2v.config import Config
 
 
-def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
+def relative_position_buckets(
+    length: int, num_buckets: int, max_distance: int, device=None
+) -> torch.Tensor:
     """(T, T) bucket index for key j and query i, from ``rel = j - i`` (WavLM, T5-style).
 
     Half the buckets per sign; |rel| below a quarter of ``num_buckets`` maps
@@ -24,7 +26,9 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     buckets = (rel > 0).long() * half
     dist = rel.abs()
     # clamp before log: small distances take the exact branch anyway
-    log_ratio = torch.log(dist.clamp_min(1).float() / max_exact) / math.log(max_distance / max_exact)
+    log_ratio = torch.log(dist.clamp_min(1).float() / max_exact) / math.log(
+        max_distance / max_exact
+    )
     large = (max_exact + log_ratio * (half - max_exact)).long().clamp_max(half - 1)
     return buckets + torch.where(dist < max_exact, dist, large)
 
@@ -40,7 +44,9 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, length: int) -> torch.Tensor:
         """(heads, T, T)."""
-        b = relative_position_buckets(length, self.num_buckets, self.max_distance, self.weight.device)
+        b = relative_position_buckets(
+            length, self.num_buckets, self.max_distance, self.weight.device
+        )
         return F.embedding(b, self.weight).permute(2, 0, 1)
 
 

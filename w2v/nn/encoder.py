@@ -63,7 +63,9 @@ class Encoder(nn.Module):
         self.rel_attn_embed = RelativePositionBias(config) if config.rel_pos_buckets else None
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
 
-    def embed(self, x: torch.Tensor, valid: torch.Tensor | None, exact: bool = True) -> torch.Tensor:
+    def embed(
+        self, x: torch.Tensor, valid: torch.Tensor | None, exact: bool = True
+    ) -> torch.Tensor:
         """Projected features (B, T, D) → input of layer 1 (B, T, D); ``valid`` (B, T) bool."""
         if valid is not None:
             x = x * valid[..., None].to(x.dtype)

@@ -17,7 +17,9 @@ class ConvLayer(nn.Module):
     (LayerNorm over channels per frame) or None.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, norm: str | None):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, norm: str | None
+    ):
         super().__init__()
         self.kernel = kernel
         self.stride = stride
@@ -48,7 +50,9 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         layers = []
         c_in = 1
-        for i, (c, k, s) in enumerate(zip(config.conv_dim, config.conv_kernel, config.conv_stride)):
+        for i, (c, k, s) in enumerate(
+            zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True)
+        ):
             if config.conv_norm == "layer":
                 norm = "layer"
             else:

@@ -19,7 +19,9 @@ class FeatureProjection(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         c = config.conv_dim[-1]
-        self.layer_norm = LayerNorm(c, eps=config.layer_norm_eps) if config.feat_proj_layer_norm else None
+        self.layer_norm = (
+            LayerNorm(c, eps=config.layer_norm_eps) if config.feat_proj_layer_norm else None
+        )
         self.projection = nn.Linear(c, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +49,9 @@ class Model(nn.Module):
         self.feature_extractor = FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
         self.encoder = Encoder(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size) if config.vocab_size else None
+        self.lm_head = (
+            nn.Linear(config.hidden_size, config.vocab_size) if config.vocab_size else None
+        )
         self.normalize = False
         self.vocab: list[str] | None = None
         self.family = "wav2vec2"
@@ -59,7 +63,9 @@ class Model(nn.Module):
         if waveforms.dim() == 1:
             waveforms = waveforms[None]
         if waveforms.dim() != 2:
-            raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
+            raise ValueError(
+                f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}"
+            )
         if not waveforms.is_floating_point():
             raise ValueError(f"waveforms must be floating point, got {waveforms.dtype}")
         minimum = self.config.receptive_field
@@ -133,7 +139,9 @@ class Model(nn.Module):
         for i in layers:
             j = int(i) + (n + 1 if int(i) < 0 else 0)
             if not 0 <= j <= n:
-                raise ValueError(f"layer index {i} is out of range for a {n}-layer model (0..{n}, or -{n + 1}..-1)")
+                raise ValueError(
+                    f"layer index {i} is out of range for a {n}-layer model (0..{n}, or -{n + 1}..-1)"
+                )
             out.append(j)
         return out
 
@@ -156,7 +164,9 @@ class Model(nn.Module):
         statistics) instead of matching each item run alone.
         """
         idx = self.resolve_layers(layers)
-        states, _, frame_lengths = self._run(waveforms, lengths, max(idx, default=0), set(idx), exact)
+        states, _, frame_lengths = self._run(
+            waveforms, lengths, max(idx, default=0), set(idx), exact
+        )
         return [states[i] for i in idx], frame_lengths
 
     def extract_features(

@@ -19,7 +19,9 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32):
             return super().forward(x)
-        y = F.layer_norm(x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps)
+        y = F.layer_norm(
+            x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps
+        )
         return y.to(x.dtype)
 
 
@@ -36,7 +38,9 @@ class GroupNorm(nn.GroupNorm):
         if lengths is None:
             if dtype == torch.float32 and self.weight.dtype == torch.float32:
                 return super().forward(x)
-            y = F.group_norm(x.float(), self.num_groups, _f32(self.weight), _f32(self.bias), self.eps)
+            y = F.group_norm(
+                x.float(), self.num_groups, _f32(self.weight), _f32(self.bias), self.eps
+            )
             return y.to(dtype)
         if self.num_groups != self.num_channels:
             raise NotImplementedError("valid-frame statistics need one group per channel")

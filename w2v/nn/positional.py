@@ -24,9 +24,12 @@ class WeightNormConv(nn.Module):
         self.weight_g = nn.Parameter(torch.ones(1, 1, kernel))
         self.weight_v = nn.Parameter(torch.empty(dim, dim // groups, kernel))
         self.bias = nn.Parameter(torch.zeros(dim))
-        nn.init.normal_(self.weight_v, std=(4.0 / (kernel * dim)) ** 0.5)
-        with torch.no_grad():
-            self.weight_g.copy_(torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True))
+        if self.weight_v.device.type != "meta":  # meta kernels for these ops pull in torch._dynamo
+            nn.init.normal_(self.weight_v, std=(4.0 / (kernel * dim)) ** 0.5)
+            with torch.no_grad():
+                self.weight_g.copy_(
+                    torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True)
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = torch._weight_norm(self.weight_v, self.weight_g, 2)

@@ -1,0 +1,135 @@
+"""Shared helpers for the benchmarks: timing, peak memory, FLOP counts, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+
+import torch
+
+from w2v.config import Config, num_frames
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: RSS sampled every 2 ms on CPU, the allocator's peak on CUDA."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base = _rss_bytes()
+        self._stop = threading.Event()
+        self._max = self._base
+
+        def sample():
+            while not self._stop.is_set():
+                self._max = max(self._max, _rss_bytes())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._max, _rss_bytes()) - self._base
+
+
+def timed(fn, device: str) -> tuple[float, int, object]:
+    """(seconds, peak bytes, result) of one call."""
+    sync(device)
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        elapsed = time.perf_counter() - start
+    return elapsed, mem.peak, out
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def model_flops(config: Config, batch: int, samples: int) -> float:
+    """Multiply-adds × 2 of one forward pass (conv encoder, projection, pos conv, layers)."""
+    flops = 0.0
+    length = samples
+    c_in = 1
+    for c, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
+        length = (length - k) // s + 1
+        flops += 2 * c_in * c * k * length
+        c_in = c
+    t = num_frames(samples, config)
+    d, f = config.hidden_size, config.intermediate_size
+    flops += 2 * c_in * d * t
+    if config.pos_conv == "stack":
+        flops += (
+            config.pos_conv_depth
+            * 2
+            * d
+            * (d // config.pos_conv_groups)
+            * config.pos_conv_kernel
+            * t
+        )
+    else:
+        flops += 2 * d * (d // config.pos_conv_groups) * config.pos_conv_kernel * t
+    per_layer = 2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * f
+    flops += config.num_layers * per_layer
+    return flops * batch
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 5) -> float:
+    """Measured GFLOP/s of an n×n×n matmul: the machine's practical peak for that dtype."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def machine_description(device: str) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    desc = (
+        f"{cpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); Python {platform.python_version()}"
+    )
+    if device.startswith("cuda"):
+        desc += f"; GPU {torch.cuda.get_device_name()}"
+    return desc

@@ -1,0 +1,110 @@
+"""Writers, atomic writes, and the manifest (torn lines, dedupe, compaction, resume rule)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from w2v.outputs import (
+    MANIFEST,
+    TMP_SUFFIX,
+    ManifestWriter,
+    atomic_write,
+    compact_manifest,
+    is_done,
+    output_name,
+    read_manifest,
+    read_output,
+    remove_stale_temporaries,
+    write_output,
+)
+
+
+def test_output_name():
+    assert output_name("sub/a.flac", "npy") == "sub/a.flac.npy"
+    assert output_name("a.wav", "safetensors") == "a.wav.safetensors"
+    with pytest.raises(ValueError, match="unknown format"):
+        output_name("a.wav", "pt")
+
+
+def test_npy_and_safetensors_round_trip(tmp_path):
+    arr = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    layers = [0, 6, 12]
+    p = write_output(tmp_path / "d" / "a.wav.npy", arr, layers, "none", "npy")
+    np.testing.assert_array_equal(np.load(p), arr)
+    q = write_output(tmp_path / "a.wav.safetensors", arr, layers, "none", "safetensors")
+    tensors = load_file(str(q))
+    assert set(tensors) == {"0", "6", "12"}
+    np.testing.assert_array_equal(tensors["6"], arr[1])
+    np.testing.assert_array_equal(read_output(q), arr)
+    with pytest.raises(ValueError, match="layers"):
+        write_output(tmp_path / "x.npy", arr, [0, 1], "none", "npy")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "a.npy"
+    target.write_bytes(b"old")
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary left behind
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    (tmp_path / f".a.npy.xyz{TMP_SUFFIX}").write_bytes(b"x")
+    (tmp_path / "keep.npy").write_bytes(b"x")
+    assert remove_stale_temporaries([tmp_path, tmp_path / "missing"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.npy"]
+
+
+def _entry(path, status="ok", output=None, **kw):
+    return {"path": path, "status": status, "error": None, "output": output, "layers": [0], **kw}
+
+
+def test_manifest_last_wins_and_torn_line_is_skipped(tmp_path):
+    with ManifestWriter(tmp_path) as w:
+        w.append(_entry("/a", "error"))
+        w.append(_entry("/b", output="b.npy"))
+        w.append(_entry("/a", output="a.npy"))
+    lines = (tmp_path / MANIFEST).read_text().splitlines()
+    assert len(lines) == 2  # compacted on close
+    # a killed run leaves a torn line; the next run's lines must not be glued to it
+    with open(tmp_path / MANIFEST, "a") as f:
+        f.write('{"path": "/c", "sta')
+    assert set(read_manifest(tmp_path)) == {"/a", "/b"}
+    w = ManifestWriter(tmp_path)
+    w.append(_entry("/c", output="c.npy"))
+    w.close(compact=False)
+    entries = read_manifest(tmp_path)
+    assert set(entries) == {"/a", "/b", "/c"} and entries["/a"]["status"] == "ok"
+    compact_manifest(tmp_path)
+    parsed = [json.loads(line) for line in (tmp_path / MANIFEST).read_text().splitlines()]
+    assert sorted(e["path"] for e in parsed) == ["/a", "/b", "/c"]
+
+
+def test_manifest_drops_ok_entry_whose_output_was_taken(tmp_path):
+    with ManifestWriter(tmp_path) as w:
+        w.append(_entry("/x/a.wav", output="a.wav.npy"))
+        w.append(_entry("/y/a.wav", output="a.wav.npy"))
+    assert list(read_manifest(tmp_path)) == ["/y/a.wav"]
+
+
+def test_is_done(tmp_path):
+    settings = {"layers": [0], "pool": "mean"}
+    e = _entry("/a", output="a.npy", pool="mean")
+    assert not is_done(e, settings, tmp_path)  # output file missing
+    (tmp_path / "a.npy").write_bytes(b"x")
+    assert is_done(e, settings, tmp_path)
+    assert is_done(e, settings, tmp_path, "a.npy")
+    assert not is_done(e, settings, tmp_path, "sub/a.npy")  # the input now maps elsewhere
+    assert not is_done(e, {**settings, "pool": "stats"}, tmp_path)
+    assert not is_done({**e, "status": "error"}, settings, tmp_path)
+    assert not is_done(None, settings, tmp_path)
