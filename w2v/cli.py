@@ -139,6 +139,7 @@ def _embed(args: argparse.Namespace) -> int:
             progress=bar,
             chunk_seconds=args.chunk_seconds,
             context_seconds=args.context_seconds,
+            compile=args.compile,
         )
     except UsageError as e:
         print(f"w2v embed: error: {e}", file=sys.stderr)
@@ -236,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONTEXT_SECONDS,
         metavar="S",
         help=f"context on each side of a window (default {DEFAULT_CONTEXT_SECONDS:g})",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the model through torch.compile (a slow first batch, then faster)",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute inputs already done")
     p.add_argument(

@@ -254,9 +254,14 @@ def default_device() -> str:
 
 
 def load_model(
-    model: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None
+    model: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    compile: bool = False,
 ) -> torch.nn.Module:
-    """A model object as is (moved/cast when asked), or anything :func:`w2v.load` accepts.
+    """A model object as is (moved/cast when asked), or anything :func:`w2v.load` accepts;
+    ``compile`` applies :meth:`w2v.nn.Model.compile`.
 
     Raises :class:`UsageError` when a model path or hub id cannot be loaded.
     """
@@ -272,11 +277,12 @@ def load_model(
     if isinstance(model, torch.nn.Module):
         if device is not None or dtype is not None:
             model = to(model, device=device, dtype=dtype)
-        return model.eval()
+        model.eval()
+        return model.compile() if compile else model
     import w2v
 
     try:
-        return w2v.load(model, device=device or default_device(), dtype=dtype)
+        return w2v.load(model, device=device or default_device(), dtype=dtype, compile=compile)
     except (ValueError, OSError, ImportError) as e:
         raise UsageError(f"cannot load model {os.fspath(model)!r}: {audio._reason(e)}") from None
 
@@ -550,6 +556,7 @@ def embed(
     workers: int | None = None,
     chunk_seconds: float | None = None,
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+    compile: bool = False,
 ) -> list[np.ndarray]:
     """Embed audio files or in-memory waveforms; no files written.
 
@@ -568,6 +575,8 @@ def embed(
     ``chunk_seconds`` with ``context_seconds`` of context on each side (see
     :mod:`w2v.longform`); None (default) does so only for inputs over
     :data:`~w2v.longform.AUTO_CHUNK_SECONDS`, with a warning; 0 never chunks.
+    compile: run the model through :func:`torch.compile` (faster after a slow
+    first call; worth it for many inputs).
 
     Returns one float32 array per item, in input order: ``(layers, dim)``
     pooled, ``(layers, 2 * dim)`` for ``stats``, ``(layers, frames, dim)`` for
@@ -578,7 +587,7 @@ def embed(
     sources = _sources(inputs, sample_rate)
     if not sources:
         return []
-    model = load_model(model, device=device, dtype=dtype)
+    model = load_model(model, device=device, dtype=dtype, compile=compile)
     layer_idx = resolve_layers(layers, model.config.num_layers)
     files = [s for s in sources if s.path is not None]
     for s, info in zip(
@@ -669,6 +678,7 @@ def embed_files(
     progress: Progress | None = None,
     chunk_seconds: float | None = None,
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+    compile: bool = False,
 ) -> Summary:
     """Embed audio files into ``out_dir``: the work behind ``w2v embed``.
 
@@ -697,7 +707,7 @@ def embed_files(
         raise UsageError(f"cannot create output directory {out}: {audio._reason(e)}") from None
     if not out.is_dir():
         raise UsageError(f"output {out} is not a directory")
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, compile=compile)
     layer_idx = resolve_layers(layers, loaded.config.num_layers)
     smoke_test(loaded, layer_idx, pool)
     settings = {

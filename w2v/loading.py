@@ -59,11 +59,15 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    compile: bool = False,
 ) -> Model:
     """Load a model (eval mode) from a w2v checkpoint directory, a Hugging Face model
     directory, a fairseq ``.pt`` file, or a Hugging Face hub id (``org/name``,
     needs ``huggingface_hub``; converted once and cached).
 
+    dtype: float32 (default), bfloat16 or float16 (norms keep computing in
+    float32). compile: run the model through :func:`torch.compile` (the first
+    call of each kind compiles, which takes a while; see :meth:`Model.compile`).
     Notices about dropped heads are emitted as :class:`UserWarning`.
     """
     from convert.load import read_checkpoint
@@ -78,7 +82,8 @@ def load(
         warnings.warn(notice, stacklevel=2)
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype)
-    return model_from_checkpoint(ckpt, device=device, dtype=dtype)
+    model = model_from_checkpoint(ckpt, device=device, dtype=dtype)
+    return model.compile() if compile else model
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -120,6 +120,17 @@ class Model(nn.Module):
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Run layers 1..depth; return the states whose index is in ``keep`` and the last one."""
         waveforms, lengths = self._check_input(waveforms, lengths)
+        return self._layers(waveforms, lengths, depth, frozenset(keep), exact)
+
+    def _layers(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | None,
+        depth: int,
+        keep: frozenset[int],
+        exact: bool,
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        # the part that :meth:`compile` hands to torch.compile; input checks stay eager
         x, frame_lengths, key_mask = self._features(waveforms, lengths, exact)
         states = {0: x} if 0 in keep else {}
         bias = self.encoder.position_bias(x.shape[1]) if depth > 0 else None
@@ -130,6 +141,13 @@ class Model(nn.Module):
         return states, x, frame_lengths
 
     # ------------------------------------------------------------------ public
+    def compile(self, **kwargs) -> Model:
+        """Compile the computation with :func:`torch.compile` (``dynamic=True`` by default,
+        so new input lengths do not recompile); input checks stay eager. Returns self."""
+        kwargs.setdefault("dynamic", True)
+        self._layers = torch.compile(self._layers, **kwargs)
+        return self
+
     def resolve_layers(self, layers: Sequence[int] | None) -> list[int]:
         """Layer indices in 0..N with negatives counted from the end (-1 = N)."""
         n = self.config.num_layers
