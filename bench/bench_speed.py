@@ -12,7 +12,8 @@ of this machine's measured matmul peak that w2v achieves.
 
 transformers runs with attn_implementation="sdpa"; its bf16 runs use
 torch.autocast(bfloat16) on fp32 weights, w2v's bf16 runs a bf16 model whose
-norms compute in fp32.
+norms compute in fp32. With --compile, w2v is also timed under torch.compile
+(compilation happens in the warm-up call and is not timed).
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def cosine_per_layer(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     )
 
 
-def run_case(ref, ours_fp32, ours_bf16, config, dtype, batch, seconds, reps, device, peaks):
+def run_case(ref, variants, config, dtype, batch, seconds, reps, device, peaks):
+    """variants: name → model for this dtype ("w2v", optionally "compiled", and "fp32" for cos)."""
     x = torch.randn(batch, int(seconds * 16000), device=device) * 0.1
-    ours = ours_fp32 if dtype == "fp32" else ours_bf16
     autocast = torch.autocast(
         device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16"
     )
@@ -79,31 +80,42 @@ def run_case(ref, ours_fp32, ours_bf16, config, dtype, batch, seconds, reps, dev
         with torch.inference_mode(), autocast:
             return ref(x).last_hidden_state
 
-    def run_ours():
-        with torch.inference_mode():
-            return ours(xin)[0]
+    def runner(model):
+        def run():
+            with torch.inference_mode():
+                return model(xin)[0]
 
-    run_ref(), run_ours()  # warm-up
-    t_ref, t_ours, m_ref, m_ours = [], [], [], []
+        return run
+
+    ours = {name: runner(variants[name]) for name in ("w2v", "compiled") if name in variants}
+    run_ref()
+    for run in ours.values():
+        run()  # warm-up (and compilation)
+    times = {name: [] for name in ["ref", *ours]}
+    mems = {"ref": [], "w2v": []}
     for _ in range(reps):
         t, m, out_ref = timed(run_ref, device)
-        t_ref.append(t), m_ref.append(m)
-        t, m, out_ours = timed(run_ours, device)
-        t_ours.append(t), m_ours.append(m)
-    diff = (out_ref.float() - out_ours.float()).abs().max().item()
+        times["ref"].append(t), mems["ref"].append(m)
+        for name, run in ours.items():
+            t, m, out = timed(run, device)
+            times[name].append(t)
+            if name == "w2v":
+                mems["w2v"].append(m)
+                out_ours = out
     audio = batch * seconds
+    tput = {name: audio / median(ts) for name, ts in times.items()}
     row = dict(
-        ref_tput=audio / median(t_ref),
-        ours_tput=audio / median(t_ours),
-        ref_mem=max(m_ref) / 2**20,
-        ours_mem=max(m_ours) / 2**20,
-        diff=diff,
-        peak_frac=model_flops(config, batch, x.shape[1]) / median(t_ours) / 1e9 / peaks[dtype],
+        tput=tput,
+        ref_mem=max(mems["ref"]) / 2**20,
+        ours_mem=max(mems["w2v"]) / 2**20,
+        diff=(out_ref.float() - out_ours.float()).abs().max().item(),
+        peak_frac=model_flops(config, batch, x.shape[1]) * tput["w2v"] / audio / 1e9 / peaks[dtype],
+        cos=float("nan"),
     )
     if dtype == "bf16":
         with torch.inference_mode():
-            full, _ = ours_fp32.hidden_states(x)
-            half, _ = ours_bf16.hidden_states(xin)
+            full, _ = variants["fp32"].hidden_states(x)
+            half, _ = variants["w2v"].hidden_states(xin)
         row["cos"] = cosine_per_layer(half, full)
     return row
 
@@ -135,6 +147,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="also time w2v under torch.compile")
     ap.add_argument("--out", type=Path, help="append the tables to this markdown file")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -148,11 +161,13 @@ def main() -> None:
     }
     lines = [
         f"Machine: {machine_description(device)}",
-        f"Measured matmul peak (2048³): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        f"Measured matmul peak (2048³): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s",
         "",
         "| model | dtype | batch | clip | transformers audio s/s | w2v audio s/s | speed-up | "
-        "transformers peak MiB | w2v peak MiB | max abs diff | w2v % of matmul peak | bf16 cos vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "w2v compiled audio s/s | compiled speed-up | transformers peak MiB | w2v peak MiB | "
+        "max abs diff | w2v % of matmul peak | bf16 cos vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     extra = []
@@ -160,20 +175,20 @@ def main() -> None:
         for size in args.sizes:
             ref, path = build(size, Path(tmp))
             ref.to(device)
-            ours_fp32 = w2v.load(path, device=device)
-            ours_bf16 = (
-                w2v.load(path, device=device, dtype=torch.bfloat16)
-                if "bf16" in args.dtypes
-                else None
-            )
+            fp32 = w2v.load(path, device=device)
             for dtype in args.dtypes:
+                torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+                variants = {"fp32": fp32, "w2v": w2v.load(path, device=device, dtype=torch_dtype)}
+                if args.compile:
+                    variants["compiled"] = w2v.load(
+                        path, device=device, dtype=torch_dtype, compile=True
+                    )
                 for batch in args.batches:
                     for seconds in args.seconds:
                         r = run_case(
                             ref,
-                            ours_fp32,
-                            ours_bf16,
-                            ours_fp32.config,
+                            variants,
+                            fp32.config,
                             dtype,
                             batch,
                             seconds,
@@ -181,22 +196,27 @@ def main() -> None:
                             device,
                             peaks,
                         )
+                        t = r["tput"]
+                        fast = t.get("compiled", float("nan"))
                         line = (
-                            f"| {size} | {dtype} | {batch} | {seconds:g} s | {r['ref_tput']:.1f} | "
-                            f"{r['ours_tput']:.1f} | **{r['ours_tput'] / r['ref_tput']:.2f}x** | "
+                            f"| {size} | {dtype} | {batch} | {seconds:g} s | {t['ref']:.1f} | "
+                            f"{t['w2v']:.1f} | **{t['w2v'] / t['ref']:.2f}x** | "
+                            f"{fast:.1f} | {fast / t['ref']:.2f}x | "
                             f"{r['ref_mem']:.0f} | {r['ours_mem']:.0f} | {r['diff']:.1e} | "
-                            f"{100 * r['peak_frac']:.0f}% | {r.get('cos', float('nan')):.5f} |"
+                            f"{100 * r['peak_frac']:.0f}% | {r['cos']:.5f} |"
                         )
                         lines.append(line)
                         print(line, flush=True)
                         gc.collect()
-            k, ratio = early_exit(ours_fp32, 1, min(args.seconds), args.reps, device)
+                del variants
+                gc.collect()
+            k, ratio = early_exit(fp32, 1, min(args.seconds), args.reps, device)
             extra.append(
                 f"{size}: extract_features(num_layers={k}) takes {ratio:.2f} of the full forward "
-                f"({ours_fp32.config.num_layers} layers), fp32, batch 1, {min(args.seconds):g} s"
+                f"({fp32.config.num_layers} layers), fp32, batch 1, {min(args.seconds):g} s"
             )
             print(extra[-1], flush=True)
-            del ref, ours_fp32, ours_bf16
+            del ref, fp32
             gc.collect()
     if args.out:
         with open(args.out, "a") as f:
