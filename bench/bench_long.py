@@ -32,7 +32,8 @@ def run_case(minutes: float, chunk: float, context: float, threads: int | None) 
     wave = torch.randn(int(minutes * 60 * 16000)) * 0.1
     sums = None
     frames = 0
-    start = time.perf_counter()
+    window_times = []
+    start = last = time.perf_counter()
     with torch.inference_mode():
         for _, states in iter_chunks(
             model, wave, [0, 6, 12], chunk_seconds=chunk, context_seconds=context
@@ -40,6 +41,9 @@ def run_case(minutes: float, chunk: float, context: float, threads: int | None) 
             block = torch.stack([s.double().sum(0) for s in states])
             sums = block if sums is None else sums + block
             frames += states[0].shape[0]
+            now = time.perf_counter()
+            window_times.append(now - last)
+            last = now
     elapsed = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -49,6 +53,8 @@ def run_case(minutes: float, chunk: float, context: float, threads: int | None) 
         "seconds": elapsed,
         "peak_rss_gb": peak_kb / 1024**2,
         "finite": bool(torch.isfinite(sums).all()),
+        "windows": len(window_times),
+        "median_window_s": sorted(window_times)[len(window_times) // 2],
     }
 
 
@@ -90,12 +96,18 @@ def main() -> None:
             flush=True,
         )
     base = results[0]
-    print("\n| audio | run time | time / first | audio ratio | peak RSS |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| audio | run time | time / first | audio ratio | windows | median s / window | "
+        "windows × median / first | peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    base_est = base["windows"] * base["median_window_s"]
     for r in results:
+        est = r["windows"] * r["median_window_s"]
         print(
             f"| {r['minutes']:g} min | {r['seconds']:.1f} s | {r['seconds'] / base['seconds']:.2f}x | "
-            f"{r['minutes'] / base['minutes']:.1f}x | {r['peak_rss_gb']:.2f} GB |"
+            f"{r['minutes'] / base['minutes']:.1f}x | {r['windows']} | {r['median_window_s']:.2f} | "
+            f"{est / base_est:.2f}x | {r['peak_rss_gb']:.2f} GB |"
         )
 
 

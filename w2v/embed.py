@@ -41,7 +41,7 @@ import torch
 
 from w2v import audio
 from w2v.audio import SAMPLE_RATE, AudioError, AudioInfo
-from w2v.batching import available_cpus, default_workers, pad, parallel_map, plan_batches, prefetch
+from w2v.batching import default_workers, pad, parallel_map, plan_batches, prefetch
 from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy, iter_chunks
 from w2v.outputs import (
     ManifestWriter,
@@ -322,23 +322,18 @@ def _input_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 
 @contextlib.contextmanager
 def _thread_budget(model: torch.nn.Module, workers: int | None) -> Iterator[int]:
-    """Pick the decoding threads; on the CPU, leave them their cores while the run lasts.
+    """Pick the decoding threads; torch's own thread count is left as it is.
 
-    Torch's intra-op threads wait for each other at every op, so one thread
-    descheduled by a busy decoder stalls them all: on a loaded 2-core machine
-    that costs 5-10x. The previous torch thread count is restored afterwards.
+    On the CPU, decoding (soundfile + soxr + normalising) runs ~1200 audio s/s
+    on one core against ~2.5 for wav2vec2-base, so reserving cores for it would
+    leave them idle. Measured end to end on an idle 2-core machine (6 files,
+    101 s of audio, base): torch on 2 threads with 1 decoder took 23-29 s,
+    torch lowered to 1 thread took 42-44 s. With another process keeping one
+    core busy the order flips, by ~10% (74 s vs 67 s for 169 s of audio); set
+    ``torch.set_num_threads`` or ``OMP_NUM_THREADS`` for such machines.
     """
     device = _input_dtype(model)[0]
-    workers = workers or default_workers(device.type)
-    if device.type != "cpu":
-        yield workers
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, available_cpus() - workers)))
-    try:
-        yield workers
-    finally:
-        torch.set_num_threads(before)
+    yield workers or default_workers(device.type)
 
 
 # The per-batch model call ----------------------------------------------------------
