@@ -31,6 +31,16 @@ TINY = dict(
     num_conv_pos_embeddings=16,
     num_conv_pos_embedding_groups=2,
 )
+# w2v Config kwargs of a tiny model, for tests that need no transformers reference
+TINY_W2V = dict(
+    conv_dim=(32,) * 7,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    pos_conv_kernel=16,
+    pos_conv_groups=2,
+)
 # data2vec-audio: num_conv_pos_embeddings is the depth of its positional conv stack
 TINY_DATA2VEC = dict(TINY, num_conv_pos_embeddings=3, conv_pos_kernel_size=5)
 

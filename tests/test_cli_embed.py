@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_W2V
 
 import w2v
 from convert.checkpoint import Checkpoint, save
@@ -25,15 +26,7 @@ from w2v.embed import embed
 from w2v.outputs import MANIFEST, TMP_SUFFIX, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = Config(
-    conv_dim=(32,) * 7,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
+TINY = Config(**TINY_W2V)
 SUMMARY = re.compile(
     r"^w2v embed: (\d+) ok, (\d+) failed, (\d+) skipped; \d+\.\d s of audio in \d+\.\d s"
 )

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_W2V
 from torch.export import Dim, export
 
 import w2v
 from w2v.config import Config
 
-TINY = dict(
-    conv_dim=(32,) * 7,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
+TINY = TINY_W2V
 VARIANTS = {
     "wav2vec2-group": Config(**TINY),
     "wav2vec2-layer-preln": Config(

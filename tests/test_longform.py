@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_W2V
 
 import w2v
 from w2v.cli import main as cli_main
@@ -15,15 +16,7 @@ from w2v.longform import ChunkPolicy, hidden_states_long, iter_chunks, plan_wind
 from w2v.outputs import read_manifest, read_output
 from w2v.pooling import RunningPool, pool_layers
 
-TINY = dict(
-    conv_dim=(32,) * 7,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
+TINY = TINY_W2V
 GROUP = Config(**TINY)
 LAYER = Config(**TINY, conv_norm="layer", layer_norm_first=True, conv_bias=True)
 ATOL = 1e-5
