@@ -44,13 +44,14 @@ class GroupNorm(nn.GroupNorm):
             return y.to(dtype)
         if self.num_groups != self.num_channels:
             raise NotImplementedError("valid-frame statistics need one group per channel")
+        # The layer-0 activation is the largest tensor of the model: sums over time
+        # as batched mat-vec products and one fused multiply-add keep this to a few passes.
         xf = x.float()
         valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]  # (B, T)
-        valid = valid[:, None, :].to(xf.dtype)  # (B, 1, T)
-        count = valid.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
-        mean = (xf * valid).sum(-1, keepdim=True) / count
-        centred = xf - mean
-        var = (centred.square() * valid).sum(-1, keepdim=True) / count
-        y = centred * torch.rsqrt(var + self.eps)
-        y = y * self.weight.float()[:, None] + self.bias.float()[:, None]
-        return y.to(dtype)
+        valid = valid.to(xf.dtype)[..., None]  # (B, T, 1)
+        count = valid.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
+        mean = torch.bmm(xf, valid) / count  # (B, C, 1)
+        var = torch.bmm((xf - mean).square_(), valid) / count  # two-pass: no cancellation
+        scale = torch.rsqrt(var + self.eps) * self.weight.float()[:, None]
+        shift = self.bias.float()[:, None] - mean * scale
+        return torch.addcmul(shift, xf, scale).to(dtype)
