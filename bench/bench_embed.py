@@ -134,12 +134,10 @@ def run_transformers(files: list[Path], model_dir: Path, out: Path, layers: list
         np.save(out / f"{f.name}.npy", pooled.float().numpy())
 
 
-def run_w2v(
-    files: list[Path], model_dir: Path, out: Path, layers: list[int], workers: int | None
-) -> None:
+def run_w2v(files: list[Path], model_dir: Path, out: Path, layers: list[int], **kw) -> None:
     from w2v.embed import embed_files
 
-    summary = embed_files(files, model_dir, out, layers=layers, pool="mean", workers=workers)
+    summary = embed_files(files, model_dir, out, layers=layers, pool="mean", **kw)
     if summary.failed:
         raise RuntimeError(f"w2v embed failed on {summary.failed} file(s): {summary.errors[:3]}")
 
@@ -174,6 +172,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="timed runs of each side, alternating")
     ap.add_argument("--warmup-files", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None, help="w2v decoding threads")
+    ap.add_argument("--batch-seconds", type=float, default=None, help="w2v batch budget")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--out", type=Path, help="append the table to this markdown file")
     args = ap.parse_args()
@@ -185,6 +184,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]
+    kw = {"workers": args.workers}
+    if args.batch_seconds:
+        kw["batch_seconds"] = args.batch_seconds
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -200,7 +202,7 @@ def main() -> None:
         # warm-up on a few short files (first-call allocations, kernel selection)
         few = sorted(files, key=lambda f: f.stat().st_size)[: args.warmup_files]
         run_transformers(few, model_dir, tmp / "warm_ref", layers)
-        run_w2v(few, model_dir, tmp / "warm_w2v", layers, args.workers)
+        run_w2v(few, model_dir, tmp / "warm_w2v", layers, **kw)
 
         t_ref, t_w2v = [], []
         for _ in range(args.reps):
@@ -208,9 +210,7 @@ def main() -> None:
                 shutil.rmtree(tmp / d, ignore_errors=True)
             t_ref.append(timed(lambda: run_transformers(files, model_dir, tmp / "ref", layers)))
             print(f"transformers: {t_ref[-1]:.1f} s", flush=True)
-            t_w2v.append(
-                timed(lambda: run_w2v(files, model_dir, tmp / "w2v", layers, args.workers))
-            )
+            t_w2v.append(timed(lambda: run_w2v(files, model_dir, tmp / "w2v", layers, **kw)))
             print(f"w2v embed:    {t_w2v[-1]:.1f} s", flush=True)
         diff = max_diff(files, tmp / "ref", tmp / "w2v")
 
@@ -221,7 +221,8 @@ def main() -> None:
         f"Corpus: {n} files, {args.min_seconds:g}-{args.max_seconds:g} s "
         f"({seconds:.0f} s of audio), rates {'/'.join(str(r) for r in RATES)} Hz, "
         f"wav+flac, ~1/4 stereo; model: random-init wav2vec2-{args.size}, layers {args.layers}, "
-        f"mean-pooled; {args.reps} timed run(s) per side, median; model loading included. "
+        f"mean-pooled; {args.reps} timed run(s) per side, median; model loading included; "
+        f"w2v batch_seconds {args.batch_seconds or 'default'}. "
         "Both sides resample with soxr HQ.",
         "",
         "| pipeline | wall s | files/s | audio s/s | speed-up | max abs diff |",
