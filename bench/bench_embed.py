@@ -41,21 +41,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, median  # noqa: E402
+from common import SIZES, machine_description, median  # noqa: E402
 
 RATES = (8000, 16000, 22050, 44100, 48000)
-SIZES = {
-    "base": dict(),  # transformers defaults: wav2vec2-base
-    "large": dict(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        conv_bias=True,
-    ),  # large-lv60 / XLS-R 300M
-}
 
 
 # Corpus ----------------------------------------------------------------------------

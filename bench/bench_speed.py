@@ -28,22 +28,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, matmul_peak, median, model_flops, timed  # noqa: E402
+from common import (  # noqa: E402
+    SIZES,
+    machine_description,
+    matmul_peak,
+    median,
+    model_flops,
+    timed,
+)
 
 import w2v  # noqa: E402
-
-SIZES = {
-    "base": dict(),  # transformers defaults: wav2vec2-base
-    "large": dict(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        conv_bias=True,
-    ),  # large-lv60 / XLS-R 300M
-}
 
 
 def build(size: str, workdir: Path):

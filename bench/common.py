@@ -12,6 +12,20 @@ import torch
 
 from w2v.config import Config, num_frames
 
+# transformers Wav2Vec2Config kwargs of the benchmarked sizes
+SIZES = {
+    "base": dict(),  # transformers defaults: wav2vec2-base
+    "large": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+    ),  # large-lv60 / XLS-R 300M
+}
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
