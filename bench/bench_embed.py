@@ -13,24 +13,26 @@ mean-pooled per layer, and run alternately (transformers, w2v, transformers, ...
   16 kHz ("HQ", the resampler w2v uses, so only the pipeline structure differs)
   → feature extractor → ``model(x, output_hidden_states=True)`` (sdpa,
   inference mode) → mean of the asked layers → np.save;
-* w2v: ``w2v.embed.embed_files(files, model_dir, out_dir, layers=..., pool="mean")``,
-  the function behind ``w2v embed`` (length-sorted batches, decoding on a
-  thread pool overlapped with the model, no layer past the deepest asked for).
+* w2v: ``w2v embed files.txt --model DIR --layers ... --pool mean`` (length-sorted
+  batches, decoding on a thread pool overlapped with the model, no layer past the
+  deepest asked for).
 
-Wall times include loading the model from disk on both sides. The table reports
-files/s, audio seconds per second, the speed-up, and the max |difference|
-between the two sides' pooled outputs over all files.
+Each side runs as its own process (``w2v embed`` through its CLI), so wall times
+include start-up and loading the model from disk on both sides. The table reports
+files/s, audio seconds per second, the speed-up, and the max |difference| between
+the first side's pooled outputs and each other side's, over all files.
 
     python bench/bench_embed.py                              # 200 files, 1-30 s, base
     python bench/bench_embed.py --files 40 --max-seconds 10  # a quick look
+    python bench/bench_embed.py --sides transformers transformers-tuned w2v:float32 w2v:bfloat16
     python bench/bench_embed.py --size large --out bench/RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,12 +103,18 @@ def build(size: str, path: Path) -> Path:
 # The two sides ---------------------------------------------------------------------
 
 
-def run_transformers(files: list[Path], model_dir: Path, out: Path, layers: list[int]) -> None:
+def run_transformers(
+    files: list[Path], model_dir: Path, out: Path, layers: list[int], tune: bool = False
+) -> None:
     """The straightforward loop: one file at a time, every step in sequence."""
     import soundfile as sf
     import soxr
     import transformers
 
+    if tune:
+        from w2v.allocator import tune_allocator
+
+        tune_allocator()
     extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(model_dir)
     model = transformers.Wav2Vec2Model.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,12 +130,19 @@ def run_transformers(files: list[Path], model_dir: Path, out: Path, layers: list
         np.save(out / f"{f.name}.npy", pooled.float().numpy())
 
 
-def run_w2v(files: list[Path], model_dir: Path, out: Path, layers: list[int], **kw) -> None:
-    from w2v.embed import embed_files
-
-    summary = embed_files(files, model_dir, out, layers=layers, pool="mean", **kw)
-    if summary.failed:
-        raise RuntimeError(f"w2v embed failed on {summary.failed} file(s): {summary.errors[:3]}")
+def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -> list[str]:
+    """Each side runs in a fresh process, as a user would run it (start-up and loading included)."""
+    if side.startswith("w2v"):
+        cmd = [sys.executable, "-m", "w2v.cli", "embed", str(list_file), "--model", str(model_dir)]
+        cmd += ["--out", str(out), "--layers", args.layers, "--pool", "mean", "--quiet"]
+        cmd += ["--dtype", side.split(":")[1]]
+        if args.batch_seconds:
+            cmd += ["--batch-seconds", str(args.batch_seconds)]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        return cmd
+    cmd = [sys.executable, __file__, "--side", side, "--list", str(list_file)]
+    return cmd + ["--model-dir", str(model_dir), "--side-out", str(out), "--layers", args.layers]
 
 
 def max_diff(files: list[Path], a: Path, b: Path) -> float:
@@ -137,14 +152,21 @@ def max_diff(files: list[Path], a: Path, b: Path) -> float:
     )
 
 
-def timed(fn) -> float:
-    gc.collect()
+def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    fn()
+    subprocess.run(cmd, check=True)
     return time.perf_counter() - start
 
 
 # Main ------------------------------------------------------------------------------
+
+
+LABELS = {
+    "transformers": "transformers loop",
+    "transformers-tuned": "transformers loop, allocator tuned like w2v embed",
+    "w2v:float32": "w2v embed",
+    "w2v:bfloat16": "w2v embed --dtype bfloat16",
+}
 
 
 def main() -> None:
@@ -158,23 +180,34 @@ def main() -> None:
     ap.add_argument("--size", default="base", choices=list(SIZES))
     ap.add_argument("--layers", default="0,6,12", help="comma-separated layer indices")
     ap.add_argument("--reps", type=int, default=1, help="timed runs of each side, alternating")
-    ap.add_argument("--warmup-files", type=int, default=3)
+    ap.add_argument(
+        "--sides",
+        nargs="+",
+        default=["transformers", "w2v:float32"],
+        choices=list(LABELS),
+        help="pipelines to time (w2v:DTYPE runs `w2v embed --dtype DTYPE`)",
+    )
     ap.add_argument("--workers", type=int, default=None, help="w2v decoding threads")
     ap.add_argument("--batch-seconds", type=float, default=None, help="w2v batch budget")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--out", type=Path, help="append the table to this markdown file")
+    # internal: one transformers run in this process
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--list", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]
-    kw = {"workers": args.workers}
-    if args.batch_seconds:
-        kw["batch_seconds"] = args.batch_seconds
+    if args.side:
+        files = [Path(line) for line in args.list.read_text().splitlines() if line]
+        run_transformers(
+            files, args.model_dir, args.side_out, layers, tune=args.side == "transformers-tuned"
+        )
+        return
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -186,39 +219,43 @@ def main() -> None:
         files = files[: args.files]
         seconds = audio_seconds(files)
         model_dir = build(args.size, tmp / "model")
+        list_file = tmp / "files.txt"
+        list_file.write_text("".join(f"{f}\n" for f in files))
 
-        # warm-up on a few short files (first-call allocations, kernel selection)
-        few = sorted(files, key=lambda f: f.stat().st_size)[: args.warmup_files]
-        run_transformers(few, model_dir, tmp / "warm_ref", layers)
-        run_w2v(few, model_dir, tmp / "warm_w2v", layers, **kw)
-
-        t_ref, t_w2v = [], []
+        times: dict[str, list[float]] = {side: [] for side in args.sides}
         for _ in range(args.reps):
-            for d in ("ref", "w2v"):
-                shutil.rmtree(tmp / d, ignore_errors=True)
-            t_ref.append(timed(lambda: run_transformers(files, model_dir, tmp / "ref", layers)))
-            print(f"transformers: {t_ref[-1]:.1f} s", flush=True)
-            t_w2v.append(timed(lambda: run_w2v(files, model_dir, tmp / "w2v", layers, **kw)))
-            print(f"w2v embed:    {t_w2v[-1]:.1f} s", flush=True)
-        diff = max_diff(files, tmp / "ref", tmp / "w2v")
+            for side in args.sides:
+                out = tmp / side.replace(":", "_")
+                shutil.rmtree(out, ignore_errors=True)
+                times[side].append(timed(side_command(side, list_file, model_dir, out, args)))
+                print(f"{LABELS[side]}: {times[side][-1]:.1f} s", flush=True)
+        first = args.sides[0]
+        diffs = {
+            side: max_diff(files, tmp / first.replace(":", "_"), tmp / side.replace(":", "_"))
+            for side in args.sides[1:]
+        }
 
     n = len(files)
-    ref, ours = median(t_ref), median(t_w2v)
+    base = median(times[first])
     lines = [
         f"Machine: {machine_description('cpu')}",
         f"Corpus: {n} files, {args.min_seconds:g}-{args.max_seconds:g} s "
         f"({seconds:.0f} s of audio), rates {'/'.join(str(r) for r in RATES)} Hz, "
         f"wav+flac, ~1/4 stereo; model: random-init wav2vec2-{args.size}, layers {args.layers}, "
-        f"mean-pooled; {args.reps} timed run(s) per side, median; model loading included; "
-        f"w2v batch_seconds {args.batch_seconds or 'default'}. "
-        "Both sides resample with soxr HQ.",
+        f"mean-pooled; {args.reps} timed run(s) per side, alternating, median. Each side is a "
+        "fresh process (start-up and model loading included); both resample with soxr HQ; "
+        f"w2v batch_seconds {args.batch_seconds or 'default'}.",
         "",
-        "| pipeline | wall s | files/s | audio s/s | speed-up | max abs diff |",
+        f"| pipeline | wall s | files/s | audio s/s | speed-up | max abs diff vs {LABELS[first]} |",
         "|---|---|---|---|---|---|",
-        f"| transformers loop | {ref:.1f} | {n / ref:.2f} | {seconds / ref:.1f} | 1.00x | |",
-        f"| w2v embed | {ours:.1f} | {n / ours:.2f} | {seconds / ours:.1f} | "
-        f"**{ref / ours:.2f}x** | {diff:.1e} |",
     ]
+    for side in args.sides:
+        t = median(times[side])
+        diff = f"{diffs[side]:.1e}" if side in diffs else ""
+        lines.append(
+            f"| {LABELS[side]} | {t:.1f} | {n / t:.2f} | {seconds / t:.1f} | "
+            f"**{base / t:.2f}x** | {diff} |"
+        )
     print("\n".join(lines), flush=True)
     if args.out:
         with open(args.out, "a") as f:

@@ -23,8 +23,10 @@ pytest.importorskip("transformers")
 
 # each item alone vs. in the batch: our padding handling against HF's unbatched run
 ATOL_EXACT = {torch.float32: 2e-5}
-# exact=False vs. HF's batched run with an attention mask
-ATOL_BATCHED = {torch.float32: 1e-5}
+# exact=False vs. HF's batched run with an attention mask. Both sides are fp32 roundings of
+# the same function (measured against a float64 run of transformers: each side ~9e-6 off at
+# layer 0 of data2vec-audio, so they can differ by ~1.3e-5).
+ATOL_BATCHED = {torch.float32: 2e-5}
 DTYPE = torch.float32
 
 DEPTH = 3

@@ -405,3 +405,10 @@ def test_embed_api_errors(tmp_path):
     with pytest.raises(UsageError, match="out of range"):
         embed(np.zeros(1000, np.float32), model, sample_rate=16000, layers=[9])
     assert embed([], model) == []
+
+
+def test_default_batch_budget_depends_on_the_device():
+    from w2v.embed import CPU_BATCH_SECONDS, GPU_BATCH_SECONDS, default_batch_seconds
+
+    assert default_batch_seconds("cpu") == CPU_BATCH_SECONDS < GPU_BATCH_SECONDS
+    assert default_batch_seconds(torch.device("cuda", 0)) == GPU_BATCH_SECONDS

@@ -83,11 +83,18 @@ def test_half_precision_close_to_fp32_with_fp32_norms(dtype):
     norms = [m for m in half.modules() if isinstance(m, torch.nn.LayerNorm | torch.nn.GroupNorm)]
     assert norms and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
     assert half.encoder.layers[0].attention.q_proj.weight.dtype == dtype
+    # conv layer 0 computes in fp32 from the waveform; the rest in the model's dtype
+    first = half.feature_extractor.conv_layers[0]
+    assert all(p.dtype == torch.float32 for p in first.parameters())
+    assert half.feature_extractor.conv_layers[1].conv.weight.dtype == dtype
     x = torch.randn(2, 32000) * 0.1
     with torch.inference_mode():
         ref, _ = fp32.hidden_states(x, [32000, 20000])
         got, frames = half.hidden_states(x.to(dtype), [32000, 20000])
-    for a, b in zip(got, ref, strict=True):
+        # an fp32 waveform is accepted as is (and keeps its precision in layer 0)
+        from_fp32, _ = half.hidden_states(x, [32000, 20000])
+    assert all(a.dtype == dtype for a in from_fp32)
+    for a, b in zip(got + from_fp32, ref + ref, strict=True):
         assert a.dtype == dtype
         for i, n in enumerate(frames.tolist()):
             cos = torch.nn.functional.cosine_similarity(a[i, :n].float(), b[i, :n], dim=-1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_class, hf_config, perturb_
+from conftest import TINY_W2V, hf_class, hf_config, perturb_
 
 from convert.hf import config_from_hf, convert_hf_state_dict
 from w2v import num_frames
@@ -71,14 +71,15 @@ def test_conv_feature_encoder(pair, variant):
     x = waveform()
     feats, frame_lengths = ours.feature_extractor(x)
     assert frame_lengths is None
-    close(feats, hf.feature_extractor(x), "conv feature encoder")
+    # ours is time-major (B, T, C), the reference channel-major (B, C, T)
+    close(feats.transpose(1, 2), hf.feature_extractor(x), "conv feature encoder")
     # and layer by layer, so a failure names the conv layer
-    a = b = x[:, None]
-    for i, (mine, theirs) in enumerate(
-        zip(ours.feature_extractor.conv_layers, hf.feature_extractor.conv_layers, strict=True)
-    ):
-        a, b = mine(a), theirs(b)
-        close(a, b, f"conv layer {i}")
+    mine, theirs = ours.feature_extractor.conv_layers, hf.feature_extractor.conv_layers
+    a, b = mine[0].forward_waveform(x, None, torch.float32), theirs[0](x[:, None])
+    close(a.transpose(1, 2), b, "conv layer 0")
+    for i in range(1, len(mine)):
+        a, b = mine[i](a), theirs[i](b)
+        close(a.transpose(1, 2), b, f"conv layer {i}")
 
 
 @torch.inference_mode()
@@ -93,12 +94,41 @@ def test_conv_feature_encoder_lengths(pair, variant):
 
     batched, frame_lengths = ours.feature_extractor(x, lengths, exact=False)
     assert frame_lengths.tolist() == frames
-    close(batched, hf.feature_extractor(x), "conv feature encoder, exact=False")
+    close(batched.transpose(1, 2), hf.feature_extractor(x), "conv feature encoder, exact=False")
 
     exact, _ = ours.feature_extractor(x, lengths)
     for j, n in enumerate(lengths.tolist()):
         alone = hf.feature_extractor(x[j : j + 1, :n])
-        close(exact[j : j + 1, :, : frames[j]], alone, f"conv feature encoder, item {j} exact")
+        item = exact[j : j + 1, : frames[j]].transpose(1, 2)
+        close(item, alone, f"conv feature encoder, item {j} exact")
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("variant", ["wav2vec2-group", "wav2vec2-layer"])
+def test_conv_feature_encoder_channel_major_path(pair, variant):
+    """The plain-conv path taken under torch.export equals the product form."""
+    _, ours = pair(variant)
+    encoder = ours.feature_extractor
+    x = waveform(9000)
+    lengths = torch.tensor([9000, 4321])
+    for norm_lengths in (None, encoder.conv_layers[0].out_lengths(lengths)):
+        product, _ = encoder(x, lengths, exact=norm_lengths is not None)
+        plain = encoder._channel_major(x, norm_lengths, torch.float32)
+        close(product, plain, f"channel-major conv path, lengths={norm_lengths is not None}")
+
+
+@pytest.mark.parametrize("conv_norm", ["group", "layer"])
+def test_forward_backward_with_autograd(conv_norm):
+    """In-place activations are only used when autograd does not need their input."""
+    torch.manual_seed(0)
+    ours = Model(Config(**TINY_W2V, conv_norm=conv_norm, conv_bias=conv_norm == "layer"))
+    x = waveform(4000)
+    out, _ = ours(x)
+    out.square().mean().backward()
+    grads = [p.grad for p in ours.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    first = ours.feature_extractor.conv_layers[0].conv.weight.grad
+    assert first is not None and first.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- feature projection
@@ -135,7 +165,7 @@ def test_transformer_input(pair, variant):
     x = waveform()
     ref = hf(x, output_hidden_states=True).hidden_states[0]
     feats, _ = ours.feature_extractor(x)
-    h = ours.feature_projection(feats.transpose(1, 2))
+    h = ours.feature_projection(feats)
     close(ours.encoder.embed(h, None), ref, "transformer input")
 
 

@@ -119,8 +119,10 @@ def _non_negative(text: str) -> float:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from w2v.allocator import tune_allocator
     from w2v.embed import UsageError, embed_files
 
+    tune_allocator()  # reuse freed activation memory instead of page-faulting it back
     bar = _Bar(args.quiet)
     try:
         summary = embed_files(
@@ -202,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-seconds",
         type=_positive,
-        default=160.0,
+        default=None,
         metavar="S",
-        help="padded audio seconds per batch (longest item x batch size; default 160)",
+        help="padded audio seconds per batch (longest item x batch size; default 30 on a CPU, "
+        "160 on a GPU)",
     )
     p.add_argument(
         "--device", default=None, help="torch device (default: cuda if available, else cpu)"

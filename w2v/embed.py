@@ -54,8 +54,19 @@ from w2v.outputs import (
 )
 from w2v.pooling import RunningPool, check_pool, pool_layers
 
-DEFAULT_BATCH_SECONDS = 160.0
-"""Padded audio seconds per batch (longest item × batch size)."""
+CPU_BATCH_SECONDS = 30.0
+"""Default padded audio seconds per batch (longest item × batch size) with the model on
+a CPU. One 10 s clip already keeps the CPU's matrix products busy, so bigger batches
+only add padding and cache pressure: on 2 cores, 20 files (wav2vec2-base) took 46-50 s
+with 30 s batches against 67-70 s with 160 s batches (bench/bench_embed.py)."""
+
+GPU_BATCH_SECONDS = 160.0
+"""Default padded audio seconds per batch on a GPU, which needs wide batches to be busy."""
+
+
+def default_batch_seconds(device: str | torch.device) -> float:
+    return CPU_BATCH_SECONDS if torch.device(device).type == "cpu" else GPU_BATCH_SECONDS
+
 
 LIST_EXTENSIONS = frozenset({".txt", ".lst"})
 """Inputs with these extensions are lists of paths, one per line."""
@@ -436,7 +447,7 @@ def _stream(
     layers: list[int],
     pool: str,
     *,
-    batch_seconds: float,
+    batch_seconds: float | None,
     channel: int | None,
     workers: int | None,
     chunking: ChunkPolicy,
@@ -461,6 +472,8 @@ def _stream(
         )
         return wave, AudioInfo(sample_rate=int(s.rate), channels=1, frames=int(s.wave.shape[0]))
 
+    if batch_seconds is None:
+        batch_seconds = default_batch_seconds(_input_dtype(model)[0])
     plan = plan_batches([s.samples_16k for s in sources], batch_seconds)
     for batch, loaded in zip(plan, prefetch(plan, load, workers=workers), strict=True):
         good = []
@@ -545,7 +558,7 @@ def embed(
     pool: str = "mean",
     sample_rate: int | None = None,
     channel: int | None = None,
-    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    batch_seconds: float | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     workers: int | None = None,
@@ -566,6 +579,8 @@ def embed(
     (``"0,6,12"``, ``"4-8"``, ``"-1"``).
     pool: ``"mean"``, ``"stats"`` (mean and population std concatenated) or
     ``"none"`` (frames).
+    batch_seconds: padded audio seconds per batch (longest item × items);
+    default 30 on a CPU, 160 on a GPU.
     chunk_seconds, context_seconds: long inputs are computed in windows of
     ``chunk_seconds`` with ``context_seconds`` of context on each side (see
     :mod:`w2v.longform`); None (default) does so only for inputs over
@@ -664,7 +679,7 @@ def embed_files(
     layers: LayerSpec = "all",
     pool: str = "mean",
     fmt: str = "npy",
-    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    batch_seconds: float | None = None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
     channel: int | None = None,
@@ -687,7 +702,7 @@ def embed_files(
     progress = progress or Progress()
     check_pool(pool)
     check_format(fmt)
-    if batch_seconds <= 0:
+    if batch_seconds is not None and batch_seconds <= 0:
         raise UsageError(f"--batch-seconds must be positive, got {batch_seconds}")
     try:
         chunking = ChunkPolicy(chunk_seconds, context_seconds)

@@ -41,7 +41,7 @@ def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None
 
 
 def to(model: Model, *, device=None, dtype: torch.dtype | None = None) -> Model:
-    """Move/cast a model; norm layers keep float32 parameters under bf16/fp16."""
+    """Move/cast a model; norm layers and conv layer 0 keep float32 parameters under bf16/fp16."""
     if device is not None:
         model.to(device=device)
     if dtype is not None:
@@ -51,6 +51,8 @@ def to(model: Model, *, device=None, dtype: torch.dtype | None = None) -> Model:
         for m in model.modules():
             if isinstance(m, (LayerNorm, GroupNorm, nn.BatchNorm1d)):
                 m.float()
+        # conv layer 0 computes in float32 from the waveform (see nn/feature_encoder.py)
+        model.feature_extractor.conv_layers[0].float()
     return model
 
 

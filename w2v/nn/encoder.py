@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
 from w2v.nn.attention import RelativePositionBias, SelfAttention
+from w2v.nn.functional import gelu_
 from w2v.nn.norm import LayerNorm
 from w2v.nn.positional import build_positional
 
@@ -19,7 +19,7 @@ class FeedForward(nn.Module):
         self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+        return self.output_dense(gelu_(self.intermediate_dense(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -41,11 +41,12 @@ class EncoderLayer(nn.Module):
         key_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # residual sums go into the branch outputs, fresh tensors, rather than new ones
         if self.layer_norm_first:
-            x = x + self.attention(self.layer_norm(x), key_mask, position_bias)
-            return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.layer_norm(x + self.attention(x, key_mask, position_bias))
-        return self.final_layer_norm(x + self.feed_forward(x))
+            x = self.attention(self.layer_norm(x), key_mask, position_bias).add_(x)
+            return self.feed_forward(self.final_layer_norm(x)).add_(x)
+        x = self.layer_norm(self.attention(x, key_mask, position_bias).add_(x))
+        return self.final_layer_norm(self.feed_forward(x).add_(x))
 
 
 class Encoder(nn.Module):

@@ -1,4 +1,24 @@
-"""The convolutional feature encoder: raw waveform → one 512-d frame every 20 ms."""
+"""The convolutional feature encoder: raw waveform → one 512-d frame every 20 ms.
+
+Activations stay time-major, (batch, frames, channels), from the waveform to
+the feature projection, and every convolution is computed as matrix products
+over views of its input:
+
+* layer 0 (one input channel) unfolds the waveform into (frames, kernel)
+  windows, a small copy, and multiplies them by the (kernel, channels) weight.
+  With GroupNorm the per-channel statistics follow exactly from the windows'
+  mean and (kernel × kernel) covariance, so the norm is folded into that one
+  product: the largest activation of the model is written once, then GELU runs
+  in place. Layer 0 always computes in float32 (0.3 GFLOP per 10 s) and hands
+  the next layer the model's dtype.
+* layers with stride s ≥ 1 split the kernel into blocks of s taps. A block
+  of s consecutive frames of C channels is s·C contiguous numbers, so block j
+  is a (frames, s·C) view of the input with no copy; the output is the sum of
+  one product per block (two for kernel 3 / stride 2, one for kernel 2).
+
+This replaces the conv → transpose → norm → transpose round trips of a
+channel-major layout, which on CPU cost more than the convolutions' FLOPs.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +27,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
+from w2v.nn.functional import gelu_
 from w2v.nn.norm import GroupNorm, LayerNorm
 
 
-class ConvLayer(nn.Module):
-    """Conv1d (no padding) → optional norm → GELU.
+def _valid_mask(frames: int, lengths: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """(B, T, 1) 1.0 on valid frames (all ones without ``lengths``)."""
+    if lengths is None:
+        return torch.ones(like.shape[0], frames, 1, dtype=like.dtype, device=like.device)
+    valid = torch.arange(frames, device=like.device) < lengths[:, None]
+    return valid.to(like.dtype)[..., None]
 
-    ``norm`` is "group" (GroupNorm over time, used on layer 0 only), "layer"
-    (LayerNorm over channels per frame) or None.
+
+class ConvLayer(nn.Module):
+    """Conv1d (no padding) → optional norm → GELU, on time-major (B, T, C) activations.
+
+    ``norm`` is "group" (GroupNorm(C, C) over time, layer 0 only), "layer"
+    (LayerNorm over channels per frame) or None. The parameters keep the
+    reference layout: ``conv.weight`` is (C_out, C_in, kernel).
     """
 
     def __init__(
@@ -33,14 +63,97 @@ class ConvLayer(nn.Module):
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1
 
-    def forward(self, x: torch.Tensor, norm_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C_in, L) → (B, C_out, L'); ``norm_lengths``: valid output frames for GroupNorm."""
-        x = self.conv(x)
+    def out_frames(self, frames: int) -> int:
+        return (frames - self.kernel) // self.stride + 1
+
+    # ---------------------------------------------------------------- layer 0
+    def forward_waveform(
+        self, waveforms: torch.Tensor, norm_lengths: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """(B, S) waveform → (B, T, C) in ``dtype``; computed in float32.
+
+        ``norm_lengths``: valid output frames per item, over which the GroupNorm
+        statistics are taken (None: all frames).
+        """
+        if self.conv.in_channels != 1:
+            raise ValueError("forward_waveform is for the first layer (one input channel)")
+        windows = waveforms.float().unfold(-1, self.kernel, self.stride)  # (B, T, k) view
+        weight = self.conv.weight.float()[:, 0]  # (C, k)
+        bias = None if self.conv.bias is None else self.conv.bias.float()
+        if self.norm_mode == "group":
+            x = self._group_norm_folded(windows, weight, norm_lengths)
+        else:
+            x = windows @ weight.T
+            if bias is not None:
+                x += bias
+            if self.norm_mode == "layer":
+                x = self.layer_norm(x)
+        return gelu_(x).to(dtype)
+
+    def _group_norm_folded(
+        self, windows: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor | None
+    ) -> torch.Tensor:
+        """GroupNorm(conv(x)) as one product: y = windows @ (W·scale)ᵀ + shift.
+
+        Channel c of the conv output is w_c·f_t (+ b_c, which the mean removes),
+        so its mean over valid frames is w_c·mean(f) and its variance
+        w_cᵀ·cov(f)·w_c. The statistics of the (T, k) windows are taken in
+        float64 (tiny), which makes the result at least as accurate as
+        normalising the materialised conv output in float32.
+        """
+        f = windows.double()
+        mask = _valid_mask(f.shape[1], lengths, f)  # (B, T, 1)
+        count = mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
+        mean = (f * mask).sum(1, keepdim=True) / count  # (B, 1, k)
+        centred = (f - mean) * mask
+        cov = centred.transpose(1, 2) @ centred / count  # (B, k, k)
+        w = weight.double()  # (C, k)
+        var = ((w @ cov) * w).sum(-1)  # (B, C)
+        gn = self.layer_norm
+        scale = torch.rsqrt(var + gn.eps) * gn.weight.double()  # (B, C)
+        shift = gn.bias.double() - (mean[:, 0] @ w.T) * scale  # (B, C)
+        w_eff = (w * scale[..., None]).transpose(1, 2).float()  # (B, k, C)
+        return torch.baddbmm(shift[:, None].float(), windows, w_eff)  # (B, T, C)
+
+    # ---------------------------------------------------------------- layers ≥ 1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C_in) contiguous → (B, T', C_out)."""
+        out = self._conv_as_products(x)
+        if self.conv.bias is not None:
+            out += self.conv.bias
+        if self.norm_mode == "layer":
+            out = self.layer_norm(out)
+        elif self.norm_mode == "group":
+            raise ValueError("GroupNorm is supported on the first conv layer only")
+        return gelu_(out)
+
+    def forward_channel_major(
+        self, x: torch.Tensor, norm_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C_in, T) → (B, C_out, T'): the plain convolution, used under torch.export."""
+        x = F.conv1d(x.to(self.conv.weight.dtype), self.conv.weight, self.conv.bias, self.stride)
         if self.norm_mode == "group":
             x = self.layer_norm(x, norm_lengths)
         elif self.norm_mode == "layer":
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         return F.gelu(x)
+
+    def _conv_as_products(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        k, s = self.kernel, self.stride
+        t_out = self.out_frames(t)
+        # weight rows ordered (tap, input channel), matching s·C contiguous input numbers
+        w = self.conv.weight.permute(2, 1, 0).reshape(k * c, -1)  # (k·C_in, C_out)
+        out = None
+        for j in range(k // s):  # blocks of s taps: (B, T', s·C) views, no copy
+            view = x.narrow(1, j * s, t_out * s).unflatten(1, (t_out, s)).flatten(2)
+            wj = w[j * s * c : (j + 1) * s * c].expand(b, -1, -1)
+            out = torch.bmm(view, wj) if out is None else out.baddbmm_(view, wj)
+        for tap in range((k // s) * s, k):  # leftover taps: every s-th frame
+            view = x.narrow(1, tap, (t_out - 1) * s + 1)[:, ::s]
+            wj = w[tap * c : (tap + 1) * c].expand(b, -1, -1)
+            out = torch.bmm(view, wj) if out is None else out.baddbmm_(view, wj)
+        return out
 
 
 class FeatureEncoder(nn.Module):
@@ -64,17 +177,37 @@ class FeatureEncoder(nn.Module):
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, exact: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(batch, samples) → features (batch, channels, frames) and valid frames per item.
+        """(batch, samples) → features (batch, frames, channels) and valid frames per item.
 
         ``exact``: with ``lengths``, take the GroupNorm statistics over valid
         samples only (batched output equals unbatched output). False
         reproduces the reference implementations, whose statistics include the
-        padding; frame lengths are returned either way.
+        padding; frame lengths are returned either way. The waveform may be in
+        any floating dtype; the features come out in the model's dtype.
         """
-        x = waveforms[:, None, :]  # (B, 1, S)
-        out_lengths = lengths
-        for layer in self.conv_layers:
-            if out_lengths is not None:
+        first, rest = self.conv_layers[0], self.conv_layers[1:]
+        out_lengths = None if lengths is None else first.out_lengths(lengths)
+        norm_lengths = out_lengths if exact else None
+        dtype = rest[0].conv.weight.dtype if len(rest) else first.conv.weight.dtype
+        if torch.compiler.is_exporting():
+            x = self._channel_major(waveforms, norm_lengths, dtype)
+        else:
+            x = first.forward_waveform(waveforms, norm_lengths, dtype)
+            for layer in rest:
+                x = layer(x)
+        if out_lengths is not None:
+            for layer in rest:
                 out_lengths = layer.out_lengths(out_lengths)
-            x = layer(x, out_lengths if exact else None)
         return x, out_lengths
+
+    def _channel_major(
+        self, waveforms: torch.Tensor, norm_lengths: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The plain conv → norm → GELU chain, (B, S) → (B, T, C), for torch.export: the
+        strided views of the product form make export guard on floor-division identities
+        it cannot prove for a dynamic length."""
+        first, rest = self.conv_layers[0], self.conv_layers[1:]
+        x = first.forward_channel_major(waveforms.float()[:, None], norm_lengths).to(dtype)
+        for layer in rest:
+            x = layer.forward_channel_major(x)
+        return x.transpose(1, 2)

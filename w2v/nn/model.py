@@ -101,8 +101,8 @@ class Model(nn.Module):
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None, exact: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """→ layer-1 input (B, T, D), valid frames (B,), key mask (B, 1, 1, T)."""
-        feats, frame_lengths = self.feature_extractor(waveforms, lengths, exact)  # (B, C, T)
-        x = self.feature_projection(feats.transpose(1, 2))  # (B, T, D)
+        feats, frame_lengths = self.feature_extractor(waveforms, lengths, exact)  # (B, T, C)
+        x = self.feature_projection(feats)  # (B, T, D)
         valid = key_mask = None
         if frame_lengths is not None:
             valid = torch.arange(x.shape[1], device=x.device) < frame_lengths[:, None]  # (B, T)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
+from w2v.nn.functional import gelu_
 from w2v.nn.norm import LayerNorm
 
 
@@ -64,7 +65,7 @@ class PositionalConv(nn.Module):
         x = self.conv(x)
         if self.drop_last:
             x = x[..., :-1]
-        return F.gelu(x)
+        return gelu_(x)
 
 
 class StackBlock(nn.Module):
