@@ -31,6 +31,7 @@ the first side's pooled outputs and each other side's, over all files.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,10 @@ def run_transformers(
 
 def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -> list[str]:
     """Each side runs in a fresh process, as a user would run it (start-up and loading included)."""
+    if side.startswith("w2v-untuned"):
+        return ["env", "W2V_TUNE_ALLOCATOR=0"] + side_command(
+            side.replace("-untuned", ""), list_file, model_dir, out, args
+        )
     if side.startswith("w2v"):
         cmd = [sys.executable, "-m", "w2v.cli", "embed", str(list_file), "--model", str(model_dir)]
         cmd += ["--out", str(out), "--layers", args.layers, "--pool", "mean", "--quiet"]
@@ -145,17 +150,40 @@ def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -
     return cmd + ["--model-dir", str(model_dir), "--side-out", str(out), "--layers", args.layers]
 
 
-def max_diff(files: list[Path], a: Path, b: Path) -> float:
+def output_file(side: str, out: Path, f: Path, list_file: Path) -> Path:
+    """Where ``side`` wrote the array of ``f``: w2v keys list entries by their path
+    relative to the list file's folder."""
+    if not side.startswith("w2v"):
+        return out / f"{f.name}.npy"
+    try:
+        key = f.relative_to(list_file.parent).as_posix()
+    except ValueError:
+        key = f.name
+    return out / f"{key}.npy"
+
+
+def max_diff(files: list[Path], sides: tuple[str, str], tmp: Path, list_file: Path) -> float:
+    a, b = (tmp / side.replace(":", "_") for side in sides)
     return max(
-        float(np.abs(np.load(a / f"{f.name}.npy") - np.load(b / f"{f.name}.npy")).max())
+        float(
+            np.abs(
+                np.load(output_file(sides[0], a, f, list_file))
+                - np.load(output_file(sides[1], b, f, list_file))
+            ).max()
+        )
         for f in files
     )
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (GiB) of one run of ``cmd``."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return time.perf_counter() - start, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB
 
 
 # Main ------------------------------------------------------------------------------
@@ -166,6 +194,7 @@ LABELS = {
     "transformers-tuned": "transformers loop, allocator tuned like w2v embed",
     "w2v:float32": "w2v embed",
     "w2v:bfloat16": "w2v embed --dtype bfloat16",
+    "w2v-untuned:float32": "w2v embed, W2V_TUNE_ALLOCATOR=0",
 }
 
 
@@ -223,17 +252,17 @@ def main() -> None:
         list_file.write_text("".join(f"{f}\n" for f in files))
 
         times: dict[str, list[float]] = {side: [] for side in args.sides}
+        rss: dict[str, float] = dict.fromkeys(args.sides, 0.0)
         for _ in range(args.reps):
             for side in args.sides:
                 out = tmp / side.replace(":", "_")
                 shutil.rmtree(out, ignore_errors=True)
-                times[side].append(timed(side_command(side, list_file, model_dir, out, args)))
-                print(f"{LABELS[side]}: {times[side][-1]:.1f} s", flush=True)
+                t, peak = timed(side_command(side, list_file, model_dir, out, args))
+                times[side].append(t)
+                rss[side] = max(rss[side], peak)
+                print(f"{LABELS[side]}: {t:.1f} s, peak RSS {peak:.2f} GiB", flush=True)
         first = args.sides[0]
-        diffs = {
-            side: max_diff(files, tmp / first.replace(":", "_"), tmp / side.replace(":", "_"))
-            for side in args.sides[1:]
-        }
+        diffs = {side: max_diff(files, (first, side), tmp, list_file) for side in args.sides[1:]}
 
     n = len(files)
     base = median(times[first])
@@ -246,15 +275,16 @@ def main() -> None:
         "fresh process (start-up and model loading included); both resample with soxr HQ; "
         f"w2v batch_seconds {args.batch_seconds or 'default'}.",
         "",
-        f"| pipeline | wall s | files/s | audio s/s | speed-up | max abs diff vs {LABELS[first]} |",
-        "|---|---|---|---|---|---|",
+        f"| pipeline | wall s | files/s | audio s/s | speed-up | peak RSS GiB "
+        f"| max abs diff vs {LABELS[first]} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for side in args.sides:
         t = median(times[side])
         diff = f"{diffs[side]:.1e}" if side in diffs else ""
         lines.append(
             f"| {LABELS[side]} | {t:.1f} | {n / t:.2f} | {seconds / t:.1f} | "
-            f"**{base / t:.2f}x** | {diff} |"
+            f"**{base / t:.2f}x** | {rss[side]:.2f} | {diff} |"
         )
     print("\n".join(lines), flush=True)
     if args.out:

@@ -298,3 +298,40 @@ def test_short_item_in_batch_is_a_clear_error(pair, variant, short):
         with pytest.raises(ValueError, match="400") as e:
             call(x, lengths)
         assert "[1]" in str(e.value)  # names the offending item
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_half_input_computes_in_fp32(dtype, affine):
+    """Half activations with fp32 parameters: the fp32 result, rounded once to the half dtype."""
+    from w2v.nn.norm import LayerNorm
+
+    torch.manual_seed(0)
+    norm = LayerNorm(64, elementwise_affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    x = (torch.randn(3, 50, 64) * 4 + 2).to(dtype)
+    got = norm(x)
+    assert got.dtype == dtype
+    want = norm(x.float())
+    torch.testing.assert_close(got.float(), want, rtol=2 * torch.finfo(dtype).eps, atol=1e-3)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("conv_norm", ["group", "layer"])
+def test_half_layer0_in_blocks_equals_one_block(conv_norm, monkeypatch):
+    """Half models compute conv layer 0 in fp32 blocks of time; the blocking changes nothing."""
+    import w2v.nn.feature_encoder as fe
+    from w2v.loading import to
+
+    torch.manual_seed(0)
+    model = to(Model(Config(**TINY_W2V, conv_norm=conv_norm)), dtype=torch.bfloat16).eval()
+    x, lengths = waveform(9000, batch=3), torch.tensor([9000, 5000, 777])
+    monkeypatch.setattr(fe, "_LAYER0_BLOCK_FRAMES", 10**9)
+    whole, frames = model.feature_extractor(x, lengths)
+    monkeypatch.setattr(fe, "_LAYER0_BLOCK_FRAMES", 3 * 100 + 2)  # 100 frames, ragged tail
+    blocks, frames2 = model.feature_extractor(x, lengths)
+    assert whole.dtype == blocks.dtype == torch.bfloat16
+    assert torch.equal(frames, frames2)
+    torch.testing.assert_close(blocks, whole, rtol=2**-7, atol=1e-6)

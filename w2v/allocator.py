@@ -8,14 +8,16 @@ is 15-25% of a wav2vec2-base forward pass. Raising the mmap threshold and the
 trim threshold makes malloc keep and reuse that memory; the cost is that the
 process's resident size stays at its high-water mark.
 
-``w2v embed`` calls :func:`tune_allocator` itself; library users can call it
-once at start-up. It is process-wide, glibc-only, and a no-op elsewhere.
+``w2v embed`` calls :func:`tune_allocator` itself (``W2V_TUNE_ALLOCATOR=0`` in
+the environment turns that off); library users can call it once at start-up.
+It is process-wide, glibc-only, and a no-op elsewhere.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -28,13 +30,14 @@ _applied: bool | None = None
 def tune_allocator() -> bool:
     """Ask glibc malloc to keep freed blocks below 1 GiB for reuse. True if it took effect.
 
-    Idempotent. Returns False on non-glibc platforms (macOS, Windows, musl).
+    Idempotent. Returns False on non-glibc platforms (macOS, Windows, musl) and when the
+    environment variable ``W2V_TUNE_ALLOCATOR`` is ``0``.
     """
     global _applied
     if _applied is not None:
         return _applied
     _applied = False
-    if not sys.platform.startswith("linux"):
+    if os.environ.get("W2V_TUNE_ALLOCATOR", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

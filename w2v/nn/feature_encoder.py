@@ -30,6 +30,10 @@ from w2v.config import Config
 from w2v.nn.functional import gelu_
 from w2v.nn.norm import GroupNorm, LayerNorm
 
+_LAYER0_BLOCK_FRAMES = 16384
+"""Frames (summed over the batch) per fp32 block of layer 0 in half-precision models:
+32 MiB at 512 channels."""
+
 
 def _valid_mask(frames: int, lengths: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """(B, T, 1) 1.0 on valid frames (all ones without ``lengths``)."""
@@ -79,21 +83,39 @@ class ConvLayer(nn.Module):
             raise ValueError("forward_waveform is for the first layer (one input channel)")
         windows = waveforms.float().unfold(-1, self.kernel, self.stride)  # (B, T, k) view
         weight = self.conv.weight.float()[:, 0]  # (C, k)
-        bias = None if self.conv.bias is None else self.conv.bias.float()
+        b, t, _ = windows.shape
         if self.norm_mode == "group":
-            x = self._group_norm_folded(windows, weight, norm_lengths)
+            w_eff, shift = self._group_norm_folded(windows, weight, norm_lengths)
         else:
-            x = windows @ weight.T
-            if bias is not None:
-                x += bias
+            w_eff = weight.T.expand(b, -1, -1)  # (B, k, C)
+            shift = (
+                windows.new_zeros(1, 1, 1)
+                if self.conv.bias is None
+                else self.conv.bias.float()[None, None]
+            )
+
+        def block(w: torch.Tensor) -> torch.Tensor:  # (B, t, k) windows → (B, t, C), fp32
+            x = torch.baddbmm(shift, w, w_eff)
             if self.norm_mode == "layer":
                 x = self.layer_norm(x)
-        return gelu_(x).to(dtype)
+            return gelu_(x)
+
+        if dtype == torch.float32 or torch.compiler.is_compiling():
+            return block(windows).to(dtype)
+        # half models: fp32 blocks of time written into the half output, so the fp32
+        # version of the model's largest activation never exists whole
+        out = windows.new_empty(b, t, weight.shape[0], dtype=dtype)
+        step = max(1, _LAYER0_BLOCK_FRAMES // b)
+        for t0 in range(0, t, step):
+            out[:, t0 : t0 + step] = block(windows[:, t0 : t0 + step])
+        return out
 
     def _group_norm_folded(
         self, windows: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """GroupNorm(conv(x)) as one product: y = windows @ (W·scale)ᵀ + shift.
+
+        Returns the per-item weight (B, k, C) and shift (B, 1, C).
 
         Channel c of the conv output is w_c·f_t (+ b_c, which the mean removes),
         so its mean over valid frames is w_c·mean(f) and its variance
@@ -113,7 +135,7 @@ class ConvLayer(nn.Module):
         scale = torch.rsqrt(var + gn.eps) * gn.weight.double()  # (B, C)
         shift = gn.bias.double() - (mean[:, 0] @ w.T) * scale  # (B, C)
         w_eff = (w * scale[..., None]).transpose(1, 2).float()  # (B, k, C)
-        return torch.baddbmm(shift[:, None].float(), windows, w_eff)  # (B, T, C)
+        return w_eff, shift[:, None].float()
 
     # ---------------------------------------------------------------- layers ≥ 1
     def forward(self, x: torch.Tensor) -> torch.Tensor:
