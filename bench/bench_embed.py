@@ -133,9 +133,9 @@ def run_transformers(
 
 def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -> list[str]:
     """Each side runs in a fresh process, as a user would run it (start-up and loading included)."""
-    if side.startswith("w2v-untuned"):
-        return ["env", "W2V_TUNE_ALLOCATOR=0"] + side_command(
-            side.replace("-untuned", ""), list_file, model_dir, out, args
+    if side.startswith("w2v-tuned"):
+        return ["env", "W2V_TUNE_ALLOCATOR=1"] + side_command(
+            side.replace("-tuned", ""), list_file, model_dir, out, args
         )
     if side.startswith("w2v"):
         cmd = [sys.executable, "-m", "w2v.cli", "embed", str(list_file), "--model", str(model_dir)]
@@ -191,10 +191,10 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 LABELS = {
     "transformers": "transformers loop",
-    "transformers-tuned": "transformers loop, allocator tuned like w2v embed",
+    "transformers-tuned": "transformers loop, w2v.tune_allocator() first",
     "w2v:float32": "w2v embed",
     "w2v:bfloat16": "w2v embed --dtype bfloat16",
-    "w2v-untuned:float32": "w2v embed, W2V_TUNE_ALLOCATOR=0",
+    "w2v-tuned:float32": "w2v embed, W2V_TUNE_ALLOCATOR=1",
 }
 
 

@@ -61,13 +61,6 @@ def test_large_blocks_come_from_the_heap_after_tuning():
     assert after == 0, f"{after} bytes still served by mmap after tune_allocator()"
 
 
-@glibc_only
-def test_environment_turns_tuning_off():
-    tuned, mmapped = _mmapped(True, W2V_TUNE_ALLOCATOR="0")
-    assert tuned == "False"
-    assert mmapped >= 64 * 2**20
-
-
 def test_tune_allocator_is_idempotent():
     import w2v
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from w2v.longform import AUTO_CHUNK_SECONDS, DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
@@ -122,7 +123,8 @@ def _embed(args: argparse.Namespace) -> int:
     from w2v.allocator import tune_allocator
     from w2v.embed import UsageError, embed_files
 
-    tune_allocator()  # reuse freed activation memory instead of page-faulting it back
+    if os.environ.get("W2V_TUNE_ALLOCATOR") == "1":
+        tune_allocator()  # opt-in: reuse freed activation memory (see w2v/allocator.py)
     bar = _Bar(args.quiet)
     try:
         summary = embed_files(
