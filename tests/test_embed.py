@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+from conftest import TINY_W2V
 
 import w2v
 from convert.checkpoint import Checkpoint, save
@@ -26,15 +27,7 @@ from w2v.embed import (
 )
 from w2v.outputs import MANIFEST, read_manifest, read_output
 
-TINY = Config(
-    conv_dim=(32,) * 7,
-    hidden_size=32,
-    num_layers=3,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
+TINY = Config(**{**TINY_W2V, "num_layers": 3})
 ATOL = 1e-4
 
 FILES = [

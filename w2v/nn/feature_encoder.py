@@ -28,19 +28,11 @@ from torch import nn
 
 from w2v.config import Config
 from w2v.nn.functional import gelu_
-from w2v.nn.norm import GroupNorm, LayerNorm
+from w2v.nn.norm import GroupNorm, LayerNorm, valid_frames
 
 _LAYER0_BLOCK_FRAMES = 16384
 """Frames (summed over the batch) per fp32 block of layer 0 in half-precision models:
 32 MiB at 512 channels."""
-
-
-def _valid_mask(frames: int, lengths: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """(B, T, 1) 1.0 on valid frames (all ones without ``lengths``)."""
-    if lengths is None:
-        return torch.ones(like.shape[0], frames, 1, dtype=like.dtype, device=like.device)
-    valid = torch.arange(frames, device=like.device) < lengths[:, None]
-    return valid.to(like.dtype)[..., None]
 
 
 class ConvLayer(nn.Module):
@@ -124,7 +116,10 @@ class ConvLayer(nn.Module):
         normalising the materialised conv output in float32.
         """
         f = windows.double()
-        mask = _valid_mask(f.shape[1], lengths, f)  # (B, T, 1)
+        if lengths is None:
+            mask = f.new_ones(f.shape[0], f.shape[1], 1)
+        else:
+            mask = valid_frames(f.shape[1], lengths, f.dtype)  # (B, T, 1)
         count = mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
         mean = (f * mask).sum(1, keepdim=True) / count  # (B, 1, k)
         centred = (f - mean) * mask

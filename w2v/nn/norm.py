@@ -15,6 +15,12 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
 
 
+def valid_frames(frames: int, lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T, 1) mask in ``dtype``: 1 on each item's first ``lengths[b]`` frames, else 0."""
+    valid = torch.arange(frames, device=lengths.device) < lengths[:, None]  # (B, T)
+    return valid.to(dtype)[..., None]
+
+
 class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fp32_params = self.weight is None or self.weight.dtype == torch.float32
@@ -49,11 +55,10 @@ class GroupNorm(nn.GroupNorm):
             return y.to(dtype)
         if self.num_groups != self.num_channels:
             raise NotImplementedError("valid-frame statistics need one group per channel")
-        # The layer-0 activation is the largest tensor of the model: sums over time
-        # as batched mat-vec products and one fused multiply-add keep this to a few passes.
+        # Used on conv layer 0 under torch.export (eager folds this norm into the conv, see
+        # nn/feature_encoder.py): sums over time as batched mat-vec products, one multiply-add.
         xf = x.float()
-        valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]  # (B, T)
-        valid = valid.to(xf.dtype)[..., None]  # (B, T, 1)
+        valid = valid_frames(x.shape[-1], lengths, xf.dtype)  # (B, T, 1)
         count = valid.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
         mean = torch.bmm(xf, valid) / count  # (B, C, 1)
         var = torch.bmm((xf - mean).square_(), valid) / count  # two-pass: no cancellation
