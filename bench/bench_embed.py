@@ -105,7 +105,12 @@ def build(size: str, path: Path) -> Path:
 
 
 def run_transformers(
-    files: list[Path], model_dir: Path, out: Path, layers: list[int], tune: bool = False
+    files: list[Path],
+    model_dir: Path,
+    out: Path,
+    layers: list[int],
+    tune: bool = False,
+    device: str = "cpu",
 ) -> None:
     """The straightforward loop: one file at a time, every step in sequence."""
     import soundfile as sf
@@ -117,18 +122,19 @@ def run_transformers(
 
         tune_allocator()
     extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(model_dir)
-    model = transformers.Wav2Vec2Model.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    model = transformers.Wav2Vec2Model.from_pretrained(model_dir, attn_implementation="sdpa")
+    model = model.eval().to(device)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         data, rate = sf.read(str(f), dtype="float32", always_2d=True)
         wave = data.mean(axis=1, dtype=np.float32)
         if rate != 16000:
             wave = soxr.resample(wave, rate, 16000, quality="HQ")
-        x = extractor(wave, sampling_rate=16000, return_tensors="pt").input_values
+        x = extractor(wave, sampling_rate=16000, return_tensors="pt").input_values.to(device)
         with torch.inference_mode():
             states = model(x, output_hidden_states=True).hidden_states
             pooled = torch.stack([states[i][0].mean(0) for i in layers])
-        np.save(out / f"{f.name}.npy", pooled.float().numpy())
+        np.save(out / f"{f.name}.npy", pooled.float().cpu().numpy())
 
 
 def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -> list[str]:
@@ -140,14 +146,15 @@ def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -
     if side.startswith("w2v"):
         cmd = [sys.executable, "-m", "w2v.cli", "embed", str(list_file), "--model", str(model_dir)]
         cmd += ["--out", str(out), "--layers", args.layers, "--pool", "mean", "--quiet"]
-        cmd += ["--dtype", side.split(":")[1]]
+        cmd += ["--dtype", side.split(":")[1], "--device", args.device]
         if args.batch_seconds:
             cmd += ["--batch-seconds", str(args.batch_seconds)]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
         return cmd
     cmd = [sys.executable, __file__, "--side", side, "--list", str(list_file)]
-    return cmd + ["--model-dir", str(model_dir), "--side-out", str(out), "--layers", args.layers]
+    cmd += ["--model-dir", str(model_dir), "--side-out", str(out), "--layers", args.layers]
+    return cmd + ["--device", args.device]
 
 
 def output_file(side: str, out: Path, f: Path, list_file: Path) -> Path:
@@ -218,6 +225,7 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=None, help="w2v decoding threads")
     ap.add_argument("--batch-seconds", type=float, default=None, help="w2v batch budget")
+    ap.add_argument("--device", default="cpu", help="both sides run the model here (cpu, cuda)")
     ap.add_argument("--out", type=Path, help="append the table to this markdown file")
     # internal: one transformers run in this process
     ap.add_argument("--side", help=argparse.SUPPRESS)
@@ -234,7 +242,12 @@ def main() -> None:
     if args.side:
         files = [Path(line) for line in args.list.read_text().splitlines() if line]
         run_transformers(
-            files, args.model_dir, args.side_out, layers, tune=args.side == "transformers-tuned"
+            files,
+            args.model_dir,
+            args.side_out,
+            layers,
+            tune=args.side == "transformers-tuned",
+            device=args.device,
         )
         return
 
@@ -267,7 +280,7 @@ def main() -> None:
     n = len(files)
     base = median(times[first])
     lines = [
-        f"Machine: {machine_description('cpu')}",
+        f"Machine: {machine_description(args.device)}",
         f"Corpus: {n} files, {args.min_seconds:g}-{args.max_seconds:g} s "
         f"({seconds:.0f} s of audio), rates {'/'.join(str(r) for r in RATES)} Hz, "
         f"wav+flac, ~1/4 stereo; model: random-init wav2vec2-{args.size}, layers {args.layers}, "

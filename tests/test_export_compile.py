@@ -99,3 +99,19 @@ def test_half_precision_close_to_fp32_with_fp32_norms(dtype):
         for i, n in enumerate(frames.tolist()):
             cos = torch.nn.functional.cosine_similarity(a[i, :n].float(), b[i, :n], dim=-1)
             assert cos.min().item() >= 0.999
+
+
+@pytest.mark.parametrize("name", ["wav2vec2-group", "wav2vec2-layer-preln", "data2vec-stack"])
+def test_fp32_model_under_cpu_autocast(name):
+    """transformers-style bf16 (an fp32 model under torch.autocast) runs and stays close."""
+    model = _model(VARIANTS[name])
+    x = torch.randn(2, 8000) * 0.1
+    with torch.inference_mode():
+        ref, frames = model.hidden_states(x, [8000, 5000])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = model.hidden_states(x, [8000, 5000])
+    assert got[-1].dtype == torch.bfloat16
+    for layer, (a, b) in enumerate(zip(got, ref, strict=True)):
+        for i, n in enumerate(frames.tolist()):
+            cos = torch.nn.functional.cosine_similarity(a[i, :n].float(), b[i, :n], dim=-1)
+            assert cos.min().item() >= 0.99, f"layer {layer}, item {i}"

@@ -35,6 +35,24 @@ _LAYER0_BLOCK_FRAMES = 16384
 32 MiB at 512 channels."""
 
 
+def _cudnn_tf32(waveforms: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether an fp32 model on a GPU should run its convolutions through cuDNN.
+
+    PyTorch lets cuDNN convolutions use TF32 by default
+    (``torch.backends.cudnn.allow_tf32``), as every ``nn.Conv1d`` does, transformers'
+    too; the product form's matmuls follow the stricter matmul setting. So with
+    cuDNN TF32 on, the plain conv path is used (2.5x faster for wav2vec2-base on an
+    H100, bench/gpu_variants.py); with it off, the product form, which is as fast
+    as cuDNN in true fp32.
+    """
+    return (
+        waveforms.is_cuda
+        and dtype == torch.float32
+        and torch.backends.cudnn.enabled
+        and torch.backends.cudnn.allow_tf32
+    )
+
+
 class ConvLayer(nn.Module):
     """Conv1d (no padding) → optional norm → GELU, on time-major (B, T, C) activations.
 
@@ -153,7 +171,7 @@ class ConvLayer(nn.Module):
             x = self.layer_norm(x, norm_lengths)
         elif self.norm_mode == "layer":
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x)
+        return gelu_(x)
 
     def _conv_as_products(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
@@ -161,6 +179,11 @@ class ConvLayer(nn.Module):
         t_out = self.out_frames(t)
         # weight rows ordered (tap, input channel), matching s·C contiguous input numbers
         w = self.conv.weight.permute(2, 1, 0).reshape(k * c, -1)  # (k·C_in, C_out)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # the in-place accumulation below is not autocast: give it matching dtypes
+            dtype = torch.get_autocast_dtype(device)
+            x, w = x.to(dtype), w.to(dtype)
         out = None
         for j in range(k // s):  # blocks of s taps: (B, T', s·C) views, no copy
             view = x.narrow(1, j * s, t_out * s).unflatten(1, (t_out, s)).flatten(2)
@@ -206,7 +229,7 @@ class FeatureEncoder(nn.Module):
         out_lengths = None if lengths is None else first.out_lengths(lengths)
         norm_lengths = out_lengths if exact else None
         dtype = rest[0].conv.weight.dtype if len(rest) else first.conv.weight.dtype
-        if torch.compiler.is_exporting():
+        if torch.compiler.is_exporting() or _cudnn_tf32(waveforms, dtype):
             x = self._channel_major(waveforms, norm_lengths, dtype)
         else:
             x = first.forward_waveform(waveforms, norm_lengths, dtype)
@@ -220,9 +243,10 @@ class FeatureEncoder(nn.Module):
     def _channel_major(
         self, waveforms: torch.Tensor, norm_lengths: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
-        """The plain conv → norm → GELU chain, (B, S) → (B, T, C), for torch.export: the
-        strided views of the product form make export guard on floor-division identities
-        it cannot prove for a dynamic length."""
+        """The plain conv → norm → GELU chain, (B, S) → (B, T, C). Used under torch.export
+        (the strided views of the product form make export guard on floor-division
+        identities it cannot prove for a dynamic length) and for fp32 on a GPU with
+        cuDNN TF32 allowed."""
         first, rest = self.conv_layers[0], self.conv_layers[1:]
         x = first.forward_channel_major(waveforms.float()[:, None], norm_lengths).to(dtype)
         for layer in rest:

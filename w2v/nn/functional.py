@@ -15,3 +15,25 @@ def gelu_(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and torch.is_grad_enabled():
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def grouped_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, groups: int
+) -> torch.Tensor:
+    """``F.conv1d`` for the positional convolutions; on a GPU, half-precision input (or
+    any input under autocast) is convolved in float32 and returned in its own dtype.
+
+    cuDNN's half-precision kernels for these grouped convolutions can be very slow:
+    on an H100, wav2vec2-base's (48 channels per group, kernel 128) took 12.8 ms in
+    bf16 or fp16 against 0.7 ms in fp32 for 8 × 10 s (bench/gpu_variants.py). fp32
+    is also the more accurate of the two.
+    """
+    if x.is_cuda and (x.dtype in _HALF or torch.is_autocast_enabled("cuda")):
+        bias = None if bias is None else bias.float()
+        with torch.autocast("cuda", enabled=False):  # autocast would make it half again
+            y = F.conv1d(x.float(), weight.float(), bias, padding=padding, groups=groups)
+        return y.to(x.dtype)
+    return F.conv1d(x, weight, bias, padding=padding, groups=groups)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
-from w2v.nn.functional import gelu_
+from w2v.nn.functional import gelu_, grouped_conv1d
 from w2v.nn.norm import LayerNorm
 
 
@@ -34,7 +34,17 @@ class WeightNormConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = torch._weight_norm(self.weight_v, self.weight_g, 2)
-        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+        return grouped_conv1d(x, weight, self.bias, self.padding, self.groups)
+
+
+class GroupedConv1d(nn.Conv1d):
+    """A plain-weight grouped positional conv ("same" padding) run by :func:`grouped_conv1d`."""
+
+    def __init__(self, dim: int, kernel: int, groups: int):
+        super().__init__(dim, dim, kernel, padding=kernel // 2, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grouped_conv1d(x, self.weight, self.bias, self.padding[0], self.groups)
 
 
 class PositionalConv(nn.Module):
@@ -50,7 +60,7 @@ class PositionalConv(nn.Module):
         self.drop_last = k % 2 == 0
         if batch_norm:
             self.batch_norm = nn.BatchNorm1d(d)
-            self.conv = nn.Conv1d(d, d, k, padding=k // 2, groups=g)
+            self.conv = GroupedConv1d(d, k, g)
         else:
             self.batch_norm = None
             self.conv = WeightNormConv(d, k, g)
@@ -72,7 +82,7 @@ class StackBlock(nn.Module):
     def __init__(self, dim: int, kernel: int, groups: int):
         super().__init__()
         self.drop_last = kernel % 2 == 0
-        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        self.conv = GroupedConv1d(dim, kernel, groups)
         self.layer_norm = LayerNorm(dim, elementwise_affine=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
