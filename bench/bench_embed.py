@@ -120,7 +120,7 @@ def run_transformers(
     if tune:
         from w2v.allocator import tune_allocator
 
-        tune_allocator()
+        tune_allocator("reuse")
     extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(model_dir)
     model = transformers.Wav2Vec2Model.from_pretrained(model_dir, attn_implementation="sdpa")
     model = model.eval().to(device)
@@ -139,10 +139,11 @@ def run_transformers(
 
 def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -> list[str]:
     """Each side runs in a fresh process, as a user would run it (start-up and loading included)."""
-    if side.startswith("w2v-tuned"):
-        return ["env", "W2V_TUNE_ALLOCATOR=1"] + side_command(
-            side.replace("-tuned", ""), list_file, model_dir, out, args
-        )
+    for tag, mode in (("-tuned", "reuse"), ("-glibc", "glibc")):
+        if side.startswith("w2v" + tag):
+            return ["env", f"W2V_ALLOCATOR={mode}"] + side_command(
+                side.replace(tag, ""), list_file, model_dir, out, args
+            )
     if side.startswith("w2v"):
         cmd = [sys.executable, "-m", "w2v.cli", "embed", str(list_file), "--model", str(model_dir)]
         cmd += ["--out", str(out), "--layers", args.layers, "--pool", "mean", "--quiet"]
@@ -198,10 +199,11 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 LABELS = {
     "transformers": "transformers loop",
-    "transformers-tuned": "transformers loop, w2v.tune_allocator() first",
+    "transformers-tuned": "transformers loop, w2v.tune_allocator('reuse') first",
     "w2v:float32": "w2v embed",
     "w2v:bfloat16": "w2v embed --dtype bfloat16",
-    "w2v-tuned:float32": "w2v embed, W2V_TUNE_ALLOCATOR=1",
+    "w2v-tuned:float32": "w2v embed, W2V_ALLOCATOR=reuse",
+    "w2v-glibc:float32": "w2v embed, W2V_ALLOCATOR=glibc",
 }
 
 

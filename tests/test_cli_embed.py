@@ -129,6 +129,18 @@ def test_usage_errors_exit_2(tmp_path, ckpt, capsys, extra, message):
     assert "Traceback" not in err
 
 
+def test_allocator_setting(tmp_path, ckpt, capsys, monkeypatch):
+    wav = _audio(tmp_path / "a.wav")
+    argv = ["embed", str(wav), "--model", str(ckpt), "--out", str(tmp_path / "out")]
+    monkeypatch.setenv("W2V_ALLOCATOR", "fastest")
+    code, err = _run(argv, capsys)
+    assert code == 2 and "W2V_ALLOCATOR must be one of bounded, reuse, glibc" in err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("W2V_ALLOCATOR", "glibc")
+    code, err = _run(argv, capsys)
+    assert code == 0 and _summary(err) == (1, 0, 0)
+
+
 def test_no_inputs_and_collisions_exit_2(tmp_path, ckpt, capsys):
     (tmp_path / "empty").mkdir()
     code, err = _run(

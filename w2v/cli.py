@@ -120,11 +120,19 @@ def _non_negative(text: str) -> float:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from w2v.allocator import tune_allocator
+    from w2v.allocator import MODES, tune_allocator
     from w2v.embed import UsageError, embed_files
 
-    if os.environ.get("W2V_TUNE_ALLOCATOR") == "1":
-        tune_allocator()  # opt-in: reuse freed activation memory (see w2v/allocator.py)
+    allocator = os.environ.get("W2V_ALLOCATOR", "bounded")
+    if allocator not in (*MODES, "glibc"):
+        print(
+            f"w2v embed: error: W2V_ALLOCATOR must be one of {', '.join(MODES)}, glibc; "
+            f"got {allocator!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if allocator != "glibc":
+        tune_allocator(allocator)  # bounded: resident memory follows live tensors (allocator.py)
     bar = _Bar(args.quiet)
     try:
         summary = embed_files(
