@@ -123,18 +123,15 @@ def _embed(args: argparse.Namespace) -> int:
     from w2v.allocator import MODES, tune_allocator
     from w2v.embed import UsageError, embed_files
 
-    allocator = os.environ.get("W2V_ALLOCATOR", "bounded")
-    if allocator not in (*MODES, "glibc"):
-        print(
-            f"w2v embed: error: W2V_ALLOCATOR must be one of {', '.join(MODES)}, glibc; "
-            f"got {allocator!r}",
-            file=sys.stderr,
-        )
-        return 2
-    if allocator != "glibc":
-        tune_allocator(allocator)  # bounded: resident memory follows live tensors (allocator.py)
     bar = _Bar(args.quiet)
     try:
+        allocator = os.environ.get("W2V_ALLOCATOR", "bounded")
+        if allocator not in (*MODES, "glibc"):
+            raise UsageError(
+                f"W2V_ALLOCATOR must be one of {', '.join(MODES)}, glibc; got {allocator!r}"
+            )
+        if allocator != "glibc":
+            tune_allocator(allocator)  # bounded: resident memory follows live tensors
         summary = embed_files(
             args.inputs,
             args.model,
