@@ -319,19 +319,57 @@ def test_layer_norm_half_input_computes_in_fp32(dtype, affine):
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("conv_norm", ["group", "layer"])
-def test_half_layer0_in_blocks_equals_one_block(conv_norm, monkeypatch):
-    """Half models compute conv layer 0 in fp32 blocks of time; the blocking changes nothing."""
+@pytest.mark.parametrize("exact", [True, False])
+def test_conv_blocks_of_time_equal_one_block(conv_norm, dtype, exact, monkeypatch):
+    """Conv layers 0-2 run in blocks of time (layer 0 in fp32 for half models), with the
+    GroupNorm statistics also gathered in blocks; the blocking changes nothing."""
     import w2v.nn.feature_encoder as fe
     from w2v.loading import to
 
     torch.manual_seed(0)
-    model = to(Model(Config(**TINY_W2V, conv_norm=conv_norm)), dtype=torch.bfloat16).eval()
+    model = to(Model(Config(**TINY_W2V, conv_norm=conv_norm)), dtype=dtype).eval()
+    encoder = model.feature_extractor
     x, lengths = waveform(9000, batch=3), torch.tensor([9000, 5000, 777])
-    monkeypatch.setattr(fe, "_LAYER0_BLOCK_FRAMES", 10**9)
-    whole, frames = model.feature_extractor(x, lengths)
-    monkeypatch.setattr(fe, "_LAYER0_BLOCK_FRAMES", 3 * 100 + 2)  # 100 frames, ragged tail
-    blocks, frames2 = model.feature_extractor(x, lengths)
-    assert whole.dtype == blocks.dtype == torch.bfloat16
+    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 10**9})
+    monkeypatch.setattr(fe, "_STATS_BLOCK_FRAMES", 10**9)
+    whole, frames = encoder(x, lengths, exact)
+
+    blocks_seen = []
+    forward_windows = fe.ConvLayer.forward_windows
+
+    def counting(self, windows, affine):
+        blocks_seen.append(windows.shape[1])
+        return forward_windows(self, windows, affine)
+
+    monkeypatch.setattr(fe.ConvLayer, "forward_windows", counting)
+    # 3 items × 100 layer-2 frames (~400 layer-0 frames each) per block, a ragged tail;
+    # statistics over blocks of 3 × 129 windows
+    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 4 * 3 * 100 + 2})
+    monkeypatch.setattr(fe, "_STATS_BLOCK_FRAMES", 3 * 129)
+    blocks, frames2 = encoder(x, lengths, exact)
+    assert len(blocks_seen) == 5 and len(set(blocks_seen)) == 2, blocks_seen
+    assert whole.dtype == blocks.dtype == dtype
     assert torch.equal(frames, frames2)
-    torch.testing.assert_close(blocks, whole, rtol=2**-7, atol=1e-6)
+    if dtype == torch.float32:  # matrix products of other sizes round differently
+        torch.testing.assert_close(blocks, whole, rtol=0, atol=1e-5)
+    else:
+        torch.testing.assert_close(blocks, whole, rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv_norm", ["group", "layer"])
+def test_conv_inference_path_equals_autograd_path(conv_norm, monkeypatch):
+    """Inference takes the blocked path with the F(3, 2) products; a graph for autograd
+    takes one block and the plain products. Same numbers."""
+    import w2v.nn.feature_encoder as fe
+
+    torch.manual_seed(0)
+    encoder = Model(Config(**TINY_W2V, conv_norm=conv_norm)).feature_extractor
+    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 4 * 2 * 100})
+    x, lengths = waveform(9000, batch=2), torch.tensor([9000, 6001])
+    with_graph, _ = encoder(x, lengths)
+    assert with_graph.requires_grad
+    with torch.inference_mode():
+        inference, _ = encoder(x, lengths)
+    torch.testing.assert_close(inference, with_graph.detach(), rtol=0, atol=1e-5)

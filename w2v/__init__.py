@@ -1,6 +1,6 @@
 """w2v: pure-PyTorch wav2vec 2.0 family encoders (wav2vec2, XLS-R, HuBERT, data2vec-audio, WavLM)."""
 
-from w2v.allocator import tune_allocator
+from w2v.allocator import release_memory, tune_allocator
 from w2v.config import Config, config_names, num_frames
 from w2v.embed import embed
 from w2v.loading import from_config, load
@@ -15,6 +15,7 @@ __all__ = [
     "iter_chunks",
     "load",
     "num_frames",
+    "release_memory",
     "tune_allocator",
 ]
 __version__ = "0.1.0"

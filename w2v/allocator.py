@@ -1,29 +1,34 @@
 """How glibc malloc treats the large, short-lived blocks of a forward pass (CPU only).
 
-Activations are tens to hundreds of MB (layer 0 of the conv encoder: 512
-channels × 3200 frames per second of audio). glibc serves a block that large
-from ``mmap`` and returns it on free, but each such free also raises its mmap
-threshold (up to 32 MiB): from then on blocks below the new threshold come
-from the heap, where a stream of differently sized batches fragments memory
-that is never given back. Measured on 2 cores, wav2vec2-base fp32, 300 calls
-of batch 2 with 150 different lengths (2-3.5 s): resident memory grew from
-1.0 to 5.4 GiB with glibc's defaults and stayed at 0.67-0.74 GiB in
-"bounded" mode, in the same time (235 s); bf16 grew to 2.1 GiB against 1.2.
+Activations are megabytes to hundreds of MB. glibc serves a block above its
+mmap threshold from ``mmap`` and unmaps it on free; every later block of that
+size then arrives as fresh pages, each costing a page fault (about 0.2 ms per
+MB on the 2-core VM of bench/RESULTS.md). Each such free also raises the
+threshold (up to 32 MiB), so that smaller blocks come from the heap. Heap
+memory is reused without faults, but freed heap memory in the middle is never
+given back: over a stream of differently sized batches the heap fragments and
+resident memory keeps growing. wav2vec2-base fp32, 300 calls of batch 2 with
+150 different lengths (2-3.5 s): 1.0 → 5.4 GiB with glibc's defaults.
 
 Two modes, both process-wide, glibc only (a no-op elsewhere):
 
 * ``"bounded"`` (what ``w2v embed`` uses): the mmap threshold is fixed at
-  1 MiB, so every large block comes from mmap and goes back to the system
-  when freed; resident memory follows the live tensors.
+  32 MiB (glibc's own ceiling), so blocks below it are reused from the heap
+  from the first call on, and :func:`release_memory` after each batch gives
+  freed heap memory back (``malloc_trim``); resident memory between batches
+  follows the live tensors. Against a 1 MiB threshold (every block above
+  1 MiB mapped fresh: this mode before), 40 batches of 1-30 s, ~30 s each,
+  took 114-120 s instead of 126-134 s, with the same resident memory
+  (0.61 GiB between batches, 0.93-0.97 GiB peak).
 * ``"reuse"``: thresholds of 1 GiB, so freed blocks stay in the heap and are
-  reused without page faults: 6-11% faster for repeated fp32 calls of one
-  shape, but resident memory stays at its high-water mark and mixed sizes
-  fragment it (a one-file-at-a-time transformers loop over 1-30 s files grew
-  to 6.1 GiB resident).
+  reused without page faults, and nothing is given back: resident memory stays
+  at its high-water mark and mixed sizes fragment it (a one-file-at-a-time
+  transformers loop over 1-30 s files grew to 6.1 GiB resident).
 
 ``w2v embed`` reads ``W2V_ALLOCATOR`` (``bounded``, the default; ``reuse``;
 ``glibc`` to leave malloc alone). A library user running many differently
-sized batches in one process can call ``w2v.tune_allocator()`` once at start-up.
+sized batches in one process can call ``w2v.tune_allocator()`` once at
+start-up and ``w2v.release_memory()`` between batches.
 """
 
 from __future__ import annotations
@@ -35,11 +40,23 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MODES = {
-    # mode → ((parameter, value), ...)
-    "bounded": ((_M_MMAP_THRESHOLD, 1 << 20),),
+    # mode → ((parameter, value), ...); a fixed mmap threshold also stops glibc moving it
+    "bounded": ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20)),
     "reuse": ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30)),
 }
 MODES = tuple(_MODES)
+_mode: str | None = None  # the last mode that took effect in this process
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc has both; musl lacks mallopt
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def tune_allocator(mode: str = "bounded") -> bool:
@@ -48,13 +65,32 @@ def tune_allocator(mode: str = "bounded") -> bool:
     (macOS, Windows, musl). Repeatable; the last call wins."""
     if mode not in _MODES:
         raise ValueError(f"allocator mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not sys.platform.startswith("linux"):
+    global _mode
+    libc = _libc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    ok = all([libc.mallopt(param, value) == 1 for param, value in _MODES[mode]])
+    if ok:
+        _mode = mode
+    return ok
+
+
+def release_memory() -> bool:
+    """Give freed heap memory back to the system (glibc ``malloc_trim(0)``): resident
+    memory drops to what live objects use, and reused pages fault in again. Returns
+    whether anything was given back; False on non-glibc platforms."""
+    libc = _libc()
+    if libc is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return all([mallopt(param, value) == 1 for param, value in _MODES[mode]])
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc.malloc_trim(0) == 1
+
+
+def after_batch() -> None:
+    """What the embedding pipeline calls after each batch: in "bounded" mode,
+    :func:`release_memory`; otherwise nothing."""
+    if _mode == "bounded":
+        release_memory()

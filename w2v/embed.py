@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from w2v import audio
+from w2v import allocator, audio
 from w2v.audio import SAMPLE_RATE, AudioError, AudioInfo
 from w2v.batching import default_workers, pad, parallel_map, plan_batches, prefetch
 from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy, iter_chunks
@@ -497,6 +497,7 @@ def _stream(
                 res = _model_error(e)
             yield i, res, r[1]
         results = _run_items(model, [wave for _, (wave, _) in good], layers, pool)
+        allocator.after_batch()  # bounded mode: give the batch's freed memory back
         for (i, (_, info)), res in zip(good, results, strict=True):
             yield i, res, info
 

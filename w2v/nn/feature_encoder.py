@@ -2,19 +2,22 @@
 
 Activations stay time-major, (batch, frames, channels), from the waveform to
 the feature projection, and every convolution is computed as matrix products
-over views of its input:
+over views of its input (nn/strided_conv.py):
 
 * layer 0 (one input channel) unfolds the waveform into (frames, kernel)
-  windows, a small copy, and multiplies them by the (kernel, channels) weight.
-  With GroupNorm the per-channel statistics follow exactly from the windows'
-  mean and (kernel × kernel) covariance, so the norm is folded into that one
-  product: the largest activation of the model is written once, then GELU runs
-  in place. Layer 0 always computes in float32 (0.3 GFLOP per 10 s) and hands
-  the next layer the model's dtype.
-* layers with stride s ≥ 1 split the kernel into blocks of s taps. A block
-  of s consecutive frames of C channels is s·C contiguous numbers, so block j
-  is a (frames, s·C) view of the input with no copy; the output is the sum of
-  one product per block (two for kernel 3 / stride 2, one for kernel 2).
+  windows and multiplies them by the (kernel, channels) weight. With GroupNorm
+  the per-channel statistics follow exactly from the windows' mean and
+  (kernel × kernel) covariance, so the norm is folded into that one product,
+  and GELU runs in place. Layer 0 always computes in float32 (0.3 GFLOP per
+  10 s) and hands the next layer the model's dtype.
+* layers ≥ 1 are products of strided views (kernel 3 / stride 2 with 7 products
+  per 3 frames instead of 9, in fp32 on CPU).
+* the first layers run in blocks of time. Layer 0's output is the model's
+  largest activation (512 channels × 3200 frames per second of audio; 3 GiB for
+  8 × 60 s in fp32) and layer 1's is half that; computed block by block
+  through layer 2, they never exist whole. On CPU a block (16 MiB) stays small
+  enough for malloc to reuse its memory from block to block instead of mapping
+  fresh pages, each of which costs a page fault.
 
 This replaces the conv → transpose → norm → transpose round trips of a
 channel-major layout, which on CPU cost more than the convolutions' FLOPs.
@@ -29,10 +32,19 @@ from torch import nn
 from w2v.config import Config
 from w2v.nn.functional import gelu_
 from w2v.nn.norm import GroupNorm, LayerNorm, valid_frames
+from w2v.nn.strided_conv import K3S2Weights, conv_k3s2, conv_products
 
-_LAYER0_BLOCK_FRAMES = 16384
-"""Frames (summed over the batch) per fp32 block of layer 0 in half-precision models:
-32 MiB at 512 channels."""
+_BLOCKED_LAYERS = 3
+"""Conv layers 0..2 run block by block over time; the later ones (a quarter of layer 0's
+size and less) run on the whole sequence, where their matrix products are larger."""
+
+_BLOCK_FRAMES = {"cpu": 8192}
+"""Layer-0 frames (summed over the batch) per block, by device type; other devices
+use _BLOCK_FRAMES_OTHER. On CPU: 16 MiB of fp32 layer-0 output, 28 MiB for layers 0-2."""
+_BLOCK_FRAMES_OTHER = 65536
+
+_STATS_BLOCK_FRAMES = 65536
+"""Frames (summed over the batch) per float64 block of the GroupNorm statistics."""
 
 
 def _cudnn_tf32(waveforms: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -51,6 +63,10 @@ def _cudnn_tf32(waveforms: torch.Tensor, dtype: torch.dtype) -> bool:
         and torch.backends.cudnn.enabled
         and torch.backends.cudnn.allow_tf32
     )
+
+
+def _records_grad(t: torch.Tensor) -> bool:
+    return t.requires_grad and torch.is_grad_enabled()
 
 
 class ConvLayer(nn.Module):
@@ -80,80 +96,101 @@ class ConvLayer(nn.Module):
     def out_frames(self, frames: int) -> int:
         return (frames - self.kernel) // self.stride + 1
 
+    def in_range(self, start: int, stop: int) -> tuple[int, int]:
+        """Input frames [a, b) that output frames [start, stop) are computed from."""
+        return start * self.stride, (stop - 1) * self.stride + self.kernel
+
     # ---------------------------------------------------------------- layer 0
+    def windows(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(B, S) waveform → (B, T, kernel) fp32 view of layer 0's input windows."""
+        if self.conv.in_channels != 1:
+            raise ValueError("the waveform is the input of the first layer (one channel)")
+        return waveforms.float().unfold(-1, self.kernel, self.stride)
+
+    def affine(self, windows: torch.Tensor, norm_lengths: torch.Tensor | None) -> torch.Tensor:
+        """Layer 0's conv (and GroupNorm, folded in) as one matrix, (B or 1, k + 1, C) fp32:
+        ``[windows, 1] @ affine``; its last row is the shift. ``norm_lengths``: valid
+        output frames per item, over which the GroupNorm statistics are taken (None:
+        all frames)."""
+        weight = self.conv.weight.float()[:, 0]  # (C, k)
+        if self.norm_mode == "group":
+            return self._group_norm_folded(windows, weight, norm_lengths)
+        shift = weight.new_zeros(weight.shape[0]) if self.conv.bias is None else self.conv.bias
+        return torch.cat([weight.T, shift.float()[None]])[None]
+
+    def forward_windows(self, windows: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+        """(B, t, k) windows (any block of time) → (B, t, C) layer-0 output, fp32."""
+        # a column of ones makes the shift part of the one product (a copy of k + 1
+        # numbers per frame, instead of a pass over the C-channel output to add it)
+        ones = windows.new_ones(windows.shape[:-1] + (1,))
+        x = torch.bmm(torch.cat([windows, ones], -1), affine.expand(windows.shape[0], -1, -1))
+        if self.norm_mode == "layer":
+            x = self.layer_norm(x)
+        return gelu_(x)
+
     def forward_waveform(
         self, waveforms: torch.Tensor, norm_lengths: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
-        """(B, S) waveform → (B, T, C) in ``dtype``; computed in float32.
-
-        ``norm_lengths``: valid output frames per item, over which the GroupNorm
-        statistics are taken (None: all frames).
-        """
-        if self.conv.in_channels != 1:
-            raise ValueError("forward_waveform is for the first layer (one input channel)")
-        windows = waveforms.float().unfold(-1, self.kernel, self.stride)  # (B, T, k) view
-        weight = self.conv.weight.float()[:, 0]  # (C, k)
-        b, t, _ = windows.shape
-        if self.norm_mode == "group":
-            w_eff, shift = self._group_norm_folded(windows, weight, norm_lengths)
-        else:
-            w_eff = weight.T.expand(b, -1, -1)  # (B, k, C)
-            shift = (
-                windows.new_zeros(1, 1, 1)
-                if self.conv.bias is None
-                else self.conv.bias.float()[None, None]
-            )
-
-        def block(w: torch.Tensor) -> torch.Tensor:  # (B, t, k) windows → (B, t, C), fp32
-            x = torch.baddbmm(shift, w, w_eff)
-            if self.norm_mode == "layer":
-                x = self.layer_norm(x)
-            return gelu_(x)
-
-        if dtype == torch.float32 or torch.compiler.is_compiling():
-            return block(windows).to(dtype)
-        # half models: fp32 blocks of time written into the half output, so the fp32
-        # version of the model's largest activation never exists whole
-        out = windows.new_empty(b, t, weight.shape[0], dtype=dtype)
-        step = max(1, _LAYER0_BLOCK_FRAMES // b)
-        for t0 in range(0, t, step):
-            out[:, t0 : t0 + step] = block(windows[:, t0 : t0 + step])
-        return out
+        """(B, S) waveform → (B, T, C) in ``dtype``, in one block (FeatureEncoder blocks it)."""
+        windows = self.windows(waveforms)
+        return self.forward_windows(windows, self.affine(windows, norm_lengths)).to(dtype)
 
     def _group_norm_folded(
         self, windows: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """GroupNorm(conv(x)) as one product: y = windows @ (W·scale)ᵀ + shift.
-
-        Returns the per-item weight (B, k, C) and shift (B, 1, C).
+    ) -> torch.Tensor:
+        """GroupNorm(conv(x)) as one product: y = windows @ (W·scale)ᵀ + shift, returned
+        as the (B, k + 1, C) matrix of :meth:`affine`.
 
         Channel c of the conv output is w_c·f_t (+ b_c, which the mean removes),
         so its mean over valid frames is w_c·mean(f) and its variance
         w_cᵀ·cov(f)·w_c. The statistics of the (T, k) windows are taken in
-        float64 (tiny), which makes the result at least as accurate as
-        normalising the materialised conv output in float32.
+        float64, two passes over blocks of time, which makes the result at least
+        as accurate as normalising the materialised conv output in float32.
         """
-        f = windows.double()
-        if lengths is None:
-            mask = f.new_ones(f.shape[0], f.shape[1], 1)
+        b, t, k = windows.shape
+        step = max(1, _STATS_BLOCK_FRAMES // b)
+        mask = None
+        if lengths is not None:
+            mask = valid_frames(t, lengths, torch.float64)  # (B, T, 1)
+
+        def blocks():  # (B, t', k) float64 windows, each masked to valid frames
+            for t0 in range(0, t, step):
+                f = windows[:, t0 : t0 + step].double()
+                yield f if mask is None else f * mask[:, t0 : t0 + step]
+
+        if mask is None:
+            count = windows.new_full((b, 1, 1), t, dtype=torch.float64)
         else:
-            mask = valid_frames(f.shape[1], lengths, f.dtype)  # (B, T, 1)
-        count = mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
-        mean = (f * mask).sum(1, keepdim=True) / count  # (B, 1, k)
-        centred = (f - mean) * mask
-        cov = centred.transpose(1, 2) @ centred / count  # (B, k, k)
+            count = mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
+        mean = sum(f.sum(1, keepdim=True) for f in blocks()) / count  # (B, 1, k)
+        cov = windows.new_zeros(b, k, k, dtype=torch.float64)
+        for t0, f in zip(range(0, t, step), blocks(), strict=True):
+            centred = f - mean
+            if mask is not None:
+                centred *= mask[:, t0 : t0 + step]
+            cov.baddbmm_(centred.transpose(1, 2), centred)
+        cov /= count
         w = weight.double()  # (C, k)
         var = ((w @ cov) * w).sum(-1)  # (B, C)
         gn = self.layer_norm
         scale = torch.rsqrt(var + gn.eps) * gn.weight.double()  # (B, C)
         shift = gn.bias.double() - (mean[:, 0] @ w.T) * scale  # (B, C)
-        w_eff = (w * scale[..., None]).transpose(1, 2).float()  # (B, k, C)
-        return w_eff, shift[:, None].float()
+        w_eff = (w * scale[..., None]).transpose(1, 2)  # (B, k, C)
+        return torch.cat([w_eff, shift[:, None]], 1).float()
 
     # ---------------------------------------------------------------- layers ≥ 1
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C_in) contiguous → (B, T', C_out)."""
-        out = self._conv_as_products(x)
+    def prepare(self) -> torch.Tensor | K3S2Weights:
+        """The weight in the form the products take; prepared once per call and reused
+        by every block of time."""
+        if self.kernel == 3 and self.stride == 2:
+            return K3S2Weights.of(self.conv.weight)
+        return self.conv.weight
+
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor | K3S2Weights | None = None
+    ) -> torch.Tensor:
+        """(B, T, C_in) contiguous → (B, T', C_out). ``weights``: from :meth:`prepare`."""
+        out = self._conv(x, self.prepare() if weights is None else weights)
         if self.conv.bias is not None:
             out += self.conv.bias
         if self.norm_mode == "layer":
@@ -161,6 +198,25 @@ class ConvLayer(nn.Module):
         elif self.norm_mode == "group":
             raise ValueError("GroupNorm is supported on the first conv layer only")
         return gelu_(out)
+
+    def _conv(self, x: torch.Tensor, weights: torch.Tensor | K3S2Weights) -> torch.Tensor:
+        device = x.device.type
+        if isinstance(weights, K3S2Weights):
+            fast = (
+                device == "cpu"
+                and x.dtype == weights.w0.dtype == torch.float32
+                and not torch.is_autocast_enabled(device)
+                and not torch.compiler.is_compiling()
+                and not (_records_grad(x) or _records_grad(weights.w0))
+            )
+            if fast:
+                return conv_k3s2(x, weights)
+            weights = weights.weight
+        if torch.is_autocast_enabled(device):
+            # the in-place accumulation is not autocast: give it matching dtypes
+            dtype = torch.get_autocast_dtype(device)
+            x, weights = x.to(dtype), weights.to(dtype)
+        return conv_products(x, weights, self.stride)
 
     def forward_channel_major(
         self, x: torch.Tensor, norm_lengths: torch.Tensor | None = None
@@ -172,28 +228,6 @@ class ConvLayer(nn.Module):
         elif self.norm_mode == "layer":
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         return gelu_(x)
-
-    def _conv_as_products(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        k, s = self.kernel, self.stride
-        t_out = self.out_frames(t)
-        # weight rows ordered (tap, input channel), matching s·C contiguous input numbers
-        w = self.conv.weight.permute(2, 1, 0).reshape(k * c, -1)  # (k·C_in, C_out)
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            # the in-place accumulation below is not autocast: give it matching dtypes
-            dtype = torch.get_autocast_dtype(device)
-            x, w = x.to(dtype), w.to(dtype)
-        out = None
-        for j in range(k // s):  # blocks of s taps: (B, T', s·C) views, no copy
-            view = x.narrow(1, j * s, t_out * s).unflatten(1, (t_out, s)).flatten(2)
-            wj = w[j * s * c : (j + 1) * s * c].expand(b, -1, -1)
-            out = torch.bmm(view, wj) if out is None else out.baddbmm_(view, wj)
-        for tap in range((k // s) * s, k):  # leftover taps: every s-th frame
-            view = x.narrow(1, tap, (t_out - 1) * s + 1)[:, ::s]
-            wj = w[tap * c : (tap + 1) * c].expand(b, -1, -1)
-            out = torch.bmm(view, wj) if out is None else out.baddbmm_(view, wj)
-        return out
 
 
 class FeatureEncoder(nn.Module):
@@ -232,13 +266,50 @@ class FeatureEncoder(nn.Module):
         if torch.compiler.is_exporting() or _cudnn_tf32(waveforms, dtype):
             x = self._channel_major(waveforms, norm_lengths, dtype)
         else:
-            x = first.forward_waveform(waveforms, norm_lengths, dtype)
-            for layer in rest:
+            x = self._blocked(waveforms, norm_lengths, dtype)
+            for layer in self.conv_layers[_BLOCKED_LAYERS:]:
                 x = layer(x)
         if out_lengths is not None:
             for layer in rest:
                 out_lengths = layer.out_lengths(out_lengths)
         return x, out_lengths
+
+    def _blocked(
+        self, waveforms: torch.Tensor, norm_lengths: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Layers 0 .. _BLOCKED_LAYERS-1, block by block over time: (B, S) → (B, T, C)."""
+        first, *rest = self.conv_layers[:_BLOCKED_LAYERS]
+        windows = first.windows(waveforms)  # (B, T0, k) view
+        affine = first.affine(windows, norm_lengths)
+        weights = [layer.prepare() for layer in rest]
+
+        def through(start: int, stop: int) -> torch.Tensor:
+            """Output frames [start, stop) of the last blocked layer."""
+            ranges = [(start, stop)]
+            for layer in reversed(rest):
+                ranges.insert(0, layer.in_range(*ranges[0]))
+            x = first.forward_windows(windows[:, slice(*ranges[0])], affine).to(dtype)
+            for layer, w in zip(rest, weights, strict=True):
+                x = layer(x, w)
+            return x
+
+        frames = windows.shape[1]
+        for layer in rest:
+            frames = layer.out_frames(frames)
+        stride = 1
+        for layer in rest:
+            stride *= layer.stride
+        block_frames = _BLOCK_FRAMES.get(waveforms.device.type, _BLOCK_FRAMES_OTHER)
+        step = max(1, block_frames // stride // waveforms.shape[0])
+        if step >= frames or torch.compiler.is_compiling() or _records_grad(first.conv.weight):
+            return through(0, frames)  # one block (and, for autograd, no copies)
+        out = None
+        for t0 in range(0, frames, step):
+            block = through(t0, min(t0 + step, frames))
+            if out is None:
+                out = block.new_empty(block.shape[0], frames, block.shape[2])
+            out[:, t0 : t0 + block.shape[1]] = block
+        return out
 
     def _channel_major(
         self, waveforms: torch.Tensor, norm_lengths: torch.Tensor | None, dtype: torch.dtype
