@@ -373,3 +373,20 @@ def test_conv_inference_path_equals_autograd_path(conv_norm, monkeypatch):
     with torch.inference_mode():
         inference, _ = encoder(x, lengths)
     torch.testing.assert_close(inference, with_graph.detach(), rtol=0, atol=1e-5)
+
+
+def test_conv_gradient_with_respect_to_the_waveform(monkeypatch):
+    """A frozen encoder differentiated with respect to its input (as in adversarial or
+    saliency studies) takes the autograd path, not the in-place products."""
+    import w2v.nn.feature_encoder as fe
+
+    torch.manual_seed(0)
+    encoder = Model(Config(**TINY_W2V)).feature_extractor.requires_grad_(False)
+    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 4 * 100})
+    x = waveform(6000, batch=1).requires_grad_(True)
+    feats, _ = encoder(x)
+    feats.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    plain = x.detach().clone().requires_grad_(True)
+    encoder._channel_major(plain, None, torch.float32).square().sum().backward()
+    torch.testing.assert_close(x.grad, plain.grad, rtol=1e-4, atol=1e-6)

@@ -301,7 +301,8 @@ class FeatureEncoder(nn.Module):
             stride *= layer.stride
         block_frames = _BLOCK_FRAMES.get(waveforms.device.type, _BLOCK_FRAMES_OTHER)
         step = max(1, block_frames // stride // waveforms.shape[0])
-        if step >= frames or torch.compiler.is_compiling() or _records_grad(first.conv.weight):
+        graph = _records_grad(waveforms) or _records_grad(first.conv.weight)
+        if step >= frames or graph or torch.compiler.is_compiling():
             return through(0, frames)  # one block (and, for autograd, no copies)
         out = None
         for t0 in range(0, frames, step):
