@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
-from w2v.nn.functional import gelu_
+from w2v.nn.functional import gelu_, records_grad
 from w2v.nn.norm import GroupNorm, LayerNorm, valid_frames
 from w2v.nn.strided_conv import K3S2Weights, conv_k3s2, conv_products
 
@@ -63,10 +63,6 @@ def _cudnn_tf32(waveforms: torch.Tensor, dtype: torch.dtype) -> bool:
         and torch.backends.cudnn.enabled
         and torch.backends.cudnn.allow_tf32
     )
-
-
-def _records_grad(t: torch.Tensor) -> bool:
-    return t.requires_grad and torch.is_grad_enabled()
 
 
 class ConvLayer(nn.Module):
@@ -207,7 +203,7 @@ class ConvLayer(nn.Module):
                 and x.dtype == weights.w0.dtype == torch.float32
                 and not torch.is_autocast_enabled(device)
                 and not torch.compiler.is_compiling()
-                and not (_records_grad(x) or _records_grad(weights.w0))
+                and not (records_grad(x) or records_grad(weights.w0))
             )
             if fast:
                 return conv_k3s2(x, weights)
@@ -293,15 +289,12 @@ class FeatureEncoder(nn.Module):
                 x = layer(x, w)
             return x
 
-        frames = windows.shape[1]
+        frames, stride = windows.shape[1], 1
         for layer in rest:
-            frames = layer.out_frames(frames)
-        stride = 1
-        for layer in rest:
-            stride *= layer.stride
+            frames, stride = layer.out_frames(frames), stride * layer.stride
         block_frames = _BLOCK_FRAMES.get(waveforms.device.type, _BLOCK_FRAMES_OTHER)
         step = max(1, block_frames // stride // waveforms.shape[0])
-        graph = _records_grad(waveforms) or _records_grad(first.conv.weight)
+        graph = records_grad(waveforms) or records_grad(first.conv.weight)
         if step >= frames or graph or torch.compiler.is_compiling():
             return through(0, frames)  # one block (and, for autograd, no copies)
         out = None

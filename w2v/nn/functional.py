@@ -6,13 +6,18 @@ import torch
 import torch.nn.functional as F
 
 
+def records_grad(x: torch.Tensor) -> bool:
+    """Whether autograd is recording an op that takes ``x``."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
 def gelu_(x: torch.Tensor) -> torch.Tensor:
     """GELU, in place when autograd will not need ``x`` (inference), else out of place.
 
     Only for tensors the caller has just produced: writing in place skips a
     fresh allocation of the activation's size, which on CPU costs page faults.
     """
-    if x.requires_grad and torch.is_grad_enabled():
+    if records_grad(x):
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
 
