@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -48,13 +49,19 @@ MODES = tuple(_MODES)
 _mode: str | None = None  # the last mode that took effect in this process
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """glibc, with mallopt and malloc_trim typed; None elsewhere. Cached: finding the
+    library runs ``ldconfig``, and :func:`release_memory` runs after every batch."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc has both; musl lacks mallopt
-    except (OSError, AttributeError):
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):  # a libc without them (musl)
         return None
     return libc
 
@@ -69,8 +76,6 @@ def tune_allocator(mode: str = "bounded") -> bool:
     libc = _libc()
     if libc is None:
         return False
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.mallopt.restype = ctypes.c_int
     ok = all([libc.mallopt(param, value) == 1 for param, value in _MODES[mode]])
     if ok:
         _mode = mode
@@ -84,8 +89,6 @@ def release_memory() -> bool:
     libc = _libc()
     if libc is None:
         return False
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim.restype = ctypes.c_int
     return libc.malloc_trim(0) == 1
 
 

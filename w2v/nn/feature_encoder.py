@@ -177,10 +177,20 @@ class ConvLayer(nn.Module):
     # ---------------------------------------------------------------- layers ≥ 1
     def prepare(self) -> torch.Tensor | K3S2Weights:
         """The weight in the form the products take; prepared once per call and reused
-        by every block of time."""
-        if self.kernel == 3 and self.stride == 2:
-            return K3S2Weights.of(self.conv.weight)
-        return self.conv.weight
+        by every block of time. F(3, 2) writes its products in place into strided views:
+        fp32 on CPU, eager, and not for autograd."""
+        weight = self.conv.weight
+        device = weight.device.type
+        winograd = (
+            self.kernel == 3
+            and self.stride == 2
+            and device == "cpu"
+            and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled(device)
+            and not torch.compiler.is_compiling()
+            and not records_grad(weight)
+        )
+        return K3S2Weights.of(weight) if winograd else weight
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor | K3S2Weights | None = None
@@ -198,14 +208,7 @@ class ConvLayer(nn.Module):
     def _conv(self, x: torch.Tensor, weights: torch.Tensor | K3S2Weights) -> torch.Tensor:
         device = x.device.type
         if isinstance(weights, K3S2Weights):
-            fast = (
-                device == "cpu"
-                and x.dtype == weights.w0.dtype == torch.float32
-                and not torch.is_autocast_enabled(device)
-                and not torch.compiler.is_compiling()
-                and not (records_grad(x) or records_grad(weights.w0))
-            )
-            if fast:
+            if x.dtype == torch.float32 and not records_grad(x):  # a waveform's gradient
                 return conv_k3s2(x, weights)
             weights = weights.weight
         if torch.is_autocast_enabled(device):

@@ -88,6 +88,7 @@ def conv_k3s2(x: torch.Tensor, weights: K3S2Weights) -> torch.Tensor:
         torch.baddbmm(both, e3 - e1, w(weights.w2), out=tiles[:, :, 2])
         # the odd frames x_1, x_3, ..., x_{6n-1}: one product for all 3n outputs
         out[:, : 3 * n].baddbmm_(x[:, 1 : 6 * n : 2], w(weights.w1))
-    if 3 * n < t_out:  # one or two frames left over
-        out[:, 3 * n :] = conv_products(x[:, 6 * n :], weights.weight, 2)
+    for t in range(3 * n, t_out):  # one or two frames left over: (B, C_in) @ (C_in, C_out)
+        out[:, t] = x[:, 2 * t] @ weights.w0 + x[:, 2 * t + 1] @ weights.w1
+        out[:, t] += x[:, 2 * t + 2] @ weights.w2
     return out
