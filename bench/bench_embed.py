@@ -20,7 +20,11 @@ mean-pooled per layer, and run alternately (transformers, w2v, transformers, ...
 Each side runs as its own process (``w2v embed`` through its CLI), so wall times
 include start-up and loading the model from disk on both sides. The table reports
 files/s, audio seconds per second, the speed-up, and the max |difference| between
-the first side's pooled outputs and each other side's, over all files.
+the first side's pooled outputs and each other side's, over all files. It also splits
+each side's wall time into the time inside the model's forward passes (each side
+reports it: ``w2v embed``'s summary line, the loop's last line) and the rest, and
+gives the speed-up of the model time alone: where the two speed-ups agree, the
+pipeline around the model costs nothing on either side.
 
     python bench/bench_embed.py                              # 200 files, 1-30 s, base
     python bench/bench_embed.py --files 40 --max-seconds 10  # a quick look
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,16 +130,21 @@ def run_transformers(
     model = transformers.Wav2Vec2Model.from_pretrained(model_dir, attn_implementation="sdpa")
     model = model.eval().to(device)
     out.mkdir(parents=True, exist_ok=True)
+    model_seconds = 0.0
     for f in files:
         data, rate = sf.read(str(f), dtype="float32", always_2d=True)
         wave = data.mean(axis=1, dtype=np.float32)
         if rate != 16000:
             wave = soxr.resample(wave, rate, 16000, quality="HQ")
         x = extractor(wave, sampling_rate=16000, return_tensors="pt").input_values.to(device)
+        start = time.perf_counter()
         with torch.inference_mode():
             states = model(x, output_hidden_states=True).hidden_states
-            pooled = torch.stack([states[i][0].mean(0) for i in layers])
-        np.save(out / f"{f.name}.npy", pooled.float().cpu().numpy())
+            pooled = torch.stack([states[i][0].mean(0) for i in layers]).float().cpu()
+        model_seconds += time.perf_counter() - start
+        np.save(out / f"{f.name}.npy", pooled.numpy())
+    # the same words as w2v embed's summary line, which timed() reads
+    print(f"transformers loop: (model {model_seconds:.1f} s)", file=sys.stderr)
 
 
 def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -> list[str]:
@@ -183,15 +193,28 @@ def max_diff(files: list[Path], sides: tuple[str, str], tmp: Path, list_file: Pa
     )
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (GiB) of one run of ``cmd``."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
+def timed(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak resident memory (GiB) and seconds in the model of one run of ``cmd``.
+
+    The model time is what the side reports on stderr as "(model X s": w2v embed's
+    summary line, or run_transformers' last line. It covers the forward passes
+    (pooling included), so wall minus model is start-up, loading, decoding the model
+    waited for, and writing.
+    """
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        text = err.read()
+    sys.stderr.write(text)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return time.perf_counter() - start, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB
+    found = re.findall(r"\(model (\d+(?:\.\d+)?) s", text)
+    model = float(found[-1]) if found else float("nan")
+    return wall, usage.ru_maxrss / 2**20, model  # ru_maxrss is in KiB
 
 
 # Main ------------------------------------------------------------------------------
@@ -268,14 +291,19 @@ def main() -> None:
 
         times: dict[str, list[float]] = {side: [] for side in args.sides}
         rss: dict[str, float] = dict.fromkeys(args.sides, 0.0)
+        model_s: dict[str, list[float]] = {side: [] for side in args.sides}
         for _ in range(args.reps):
             for side in args.sides:
                 out = tmp / side.replace(":", "_")
                 shutil.rmtree(out, ignore_errors=True)
-                t, peak = timed(side_command(side, list_file, model_dir, out, args))
+                t, peak, in_model = timed(side_command(side, list_file, model_dir, out, args))
                 times[side].append(t)
+                model_s[side].append(in_model)
                 rss[side] = max(rss[side], peak)
-                print(f"{LABELS[side]}: {t:.1f} s, peak RSS {peak:.2f} GiB", flush=True)
+                print(
+                    f"{LABELS[side]}: {t:.1f} s (model {in_model:.1f} s), peak RSS {peak:.2f} GiB",
+                    flush=True,
+                )
         first = args.sides[0]
         diffs = {side: max_diff(files, (first, side), tmp, list_file) for side in args.sides[1:]}
 
@@ -290,17 +318,24 @@ def main() -> None:
         "fresh process (start-up and model loading included); both resample with soxr HQ; "
         f"w2v batch_seconds {args.batch_seconds or 'default'}.",
         "",
-        f"| pipeline | wall s | files/s | audio s/s | speed-up | peak RSS GiB "
-        f"| max abs diff vs {LABELS[first]} |",
-        "|---|---|---|---|---|---|---|",
+        f"| pipeline | wall s | model s | rest s | files/s | audio s/s | speed-up "
+        f"| model speed-up | peak RSS GiB | max abs diff vs {LABELS[first]} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base_model = median(model_s[first])
     for side in args.sides:
-        t = median(times[side])
+        t, m = median(times[side]), median(model_s[side])
         diff = f"{diffs[side]:.1e}" if side in diffs else ""
         lines.append(
-            f"| {LABELS[side]} | {t:.1f} | {n / t:.2f} | {seconds / t:.1f} | "
-            f"**{base / t:.2f}x** | {rss[side]:.2f} | {diff} |"
+            f"| {LABELS[side]} | {t:.1f} | {m:.1f} | {t - m:.1f} | {n / t:.2f} | "
+            f"{seconds / t:.1f} | **{base / t:.2f}x** | {base_model / m:.2f}x | "
+            f"{rss[side]:.2f} | {diff} |"
         )
+    lines += [
+        "",
+        "model s: time inside the forward passes (pooling included), as each side reports it; "
+        "rest s: wall minus model (start-up, loading, decoding not hidden, writing).",
+    ]
     print("\n".join(lines), flush=True)
     if args.out:
         with open(args.out, "a") as f:

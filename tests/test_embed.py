@@ -311,6 +311,39 @@ def test_a_batch_failure_costs_only_the_failing_item(tmp_path):
     assert entry["status"] == "error" and "this item breaks the model" in entry["error"]
 
 
+def test_summary_splits_model_time_from_waiting_for_audio(tmp_path, monkeypatch):
+    """Slow decoding and a slow model: the summary says how long each took."""
+    import time
+
+    import w2v.audio
+
+    root = _write_files(tmp_path / "data")
+    model = _model()
+    real_states, real_load = model.hidden_states, w2v.audio.load
+    model_delay, decode_delay = 0.1, 0.25
+
+    def slow_states(*args, **kwargs):
+        time.sleep(model_delay)
+        return real_states(*args, **kwargs)
+
+    def slow_load(*args, **kwargs):
+        time.sleep(decode_delay)
+        return real_load(*args, **kwargs)
+
+    model.hidden_states = slow_states
+    monkeypatch.setattr(w2v.audio, "load", slow_load)
+    # one file per batch, one decoding thread: the model waits at least for the first file
+    summary = embed_files([root], model, tmp_path / "out", batch_seconds=1e-3, workers=1)
+    assert summary.ok == len(FILES)
+    assert summary.model_seconds >= model_delay * len(FILES)
+    assert summary.waiting_seconds >= decode_delay * 0.9
+    # decoding (0.25 s a file) is slower than the model (0.1 s a batch): most waits are real
+    assert summary.waiting_seconds >= (decode_delay - model_delay) * (len(FILES) - 1)
+    assert summary.model_seconds + summary.waiting_seconds <= summary.elapsed
+    assert f"model {summary.model_seconds:.1f} s" in summary.line()
+    assert f"waiting for audio {summary.waiting_seconds:.1f} s" in summary.line()
+
+
 def test_resume_skips_done_and_recomputes_on_change(tmp_path):
     root = _write_files(tmp_path / "data")
     out = tmp_path / "out"

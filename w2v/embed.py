@@ -432,6 +432,15 @@ def _free_memory() -> None:
 
 
 @dataclass
+class _Clock:
+    """Where a stream's time went: in the model (batches and windows, pooling included)
+    and waiting for decoded audio (the model idle because read-ahead fell behind)."""
+
+    model: float = 0.0
+    waiting: float = 0.0
+
+
+@dataclass
 class _Source:
     """One thing to embed: a file or an in-memory mono waveform at ``rate``."""
 
@@ -452,12 +461,16 @@ def _stream(
     workers: int | None,
     chunking: ChunkPolicy,
     notice: Callable[[str], None],
+    clock: _Clock | None = None,
 ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception, AudioInfo | None]]:
     """Yield ``(source index, (array, frames) or the exception, decoded AudioInfo or None)``.
 
     Results come batch by batch (longest batch first), not in input order.
     Inputs that ``chunking`` says to chunk run alone, window by window.
+    ``clock`` (optional) accumulates the model's time and the time spent waiting
+    for decoded audio.
     """
+    clock = clock or _Clock()
     normalize_input = bool(getattr(model, "normalize", False))
     min_samples = int(model.config.receptive_field)
 
@@ -475,31 +488,42 @@ def _stream(
     if batch_seconds is None:
         batch_seconds = default_batch_seconds(_input_dtype(model)[0])
     plan = plan_batches([s.samples_16k for s in sources], batch_seconds)
-    for batch, loaded in zip(plan, prefetch(plan, load, workers=workers), strict=True):
-        good = []
-        for i, r in zip(batch, loaded, strict=True):
-            if isinstance(r, Exception):
-                yield i, r, None
-                continue
-            chunk = chunking.chunk_for(r[0].shape[0])
-            if chunk is None:
-                good.append((i, r))
-                continue
-            what = sources[i].path if sources[i].path is not None else f"input {i}"
-            notice(
-                f"{what}: {r[0].shape[0] / SAMPLE_RATE:.1f} s long; extracting in {chunk:g} s "
-                f"windows with {chunking.context_seconds:g} s context each side"
-            )
-            try:
-                res = _run_long(model, r[0], layers, pool, chunk, chunking.context_seconds)
-            except Exception as e:  # noqa: BLE001 - reported per item
-                _free_memory()
-                res = _model_error(e)
-            yield i, res, r[1]
-        results = _run_items(model, [wave for _, (wave, _) in good], layers, pool)
-        allocator.after_batch()  # bounded mode: give the batch's freed memory back
-        for (i, (_, info)), res in zip(good, results, strict=True):
-            yield i, res, info
+    decoded = prefetch(plan, load, workers=workers)
+    try:
+        for batch in plan:
+            start = time.perf_counter()
+            loaded = next(decoded)
+            clock.waiting += time.perf_counter() - start
+            good = []
+            for i, r in zip(batch, loaded, strict=True):
+                if isinstance(r, Exception):
+                    yield i, r, None
+                    continue
+                chunk = chunking.chunk_for(r[0].shape[0])
+                if chunk is None:
+                    good.append((i, r))
+                    continue
+                what = sources[i].path if sources[i].path is not None else f"input {i}"
+                notice(
+                    f"{what}: {r[0].shape[0] / SAMPLE_RATE:.1f} s long; extracting in {chunk:g} s "
+                    f"windows with {chunking.context_seconds:g} s context each side"
+                )
+                start = time.perf_counter()
+                try:
+                    res = _run_long(model, r[0], layers, pool, chunk, chunking.context_seconds)
+                except Exception as e:  # noqa: BLE001 - reported per item
+                    _free_memory()
+                    res = _model_error(e)
+                clock.model += time.perf_counter() - start
+                yield i, res, r[1]
+            start = time.perf_counter()
+            results = _run_items(model, [wave for _, (wave, _) in good], layers, pool)
+            clock.model += time.perf_counter() - start
+            allocator.after_batch()  # bounded mode: give the batch's freed memory back
+            for (i, (_, info)), res in zip(good, results, strict=True):
+                yield i, res, info
+    finally:
+        decoded.close()  # cancels read-ahead not yet started when the caller stops early
 
 
 # Python API ----------------------------------------------------------------------
@@ -658,6 +682,8 @@ class Summary:
     skipped: int = 0
     audio_seconds: float = 0.0
     elapsed: float = 0.0
+    model_seconds: float = 0.0  # running the model (pooling included)
+    waiting_seconds: float = 0.0  # the model idle, waiting for decoded audio
     out_dir: Path | None = None
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
@@ -668,7 +694,8 @@ class Summary:
     def line(self) -> str:
         return (
             f"{self.ok} ok, {self.failed} failed, {self.skipped} skipped; "
-            f"{self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s"
+            f"{self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s "
+            f"(model {self.model_seconds:.1f} s, waiting for audio {self.waiting_seconds:.1f} s)"
         )
 
 
@@ -791,6 +818,7 @@ def embed_files(
             record(it, None, err)
 
         sources = [_Source(path=it.path, samples_16k=info.samples_16k) for it, info in runnable]
+        clock = _Clock()
         with _thread_budget(loaded, workers) as n_workers:
             stream = _stream(
                 loaded,
@@ -802,6 +830,7 @@ def embed_files(
                 workers=n_workers,
                 chunking=chunking,
                 notice=progress.notice,
+                clock=clock,
             )
             try:
                 for i, res, info in stream:
@@ -809,6 +838,7 @@ def embed_files(
                     record(it, info or header, res)
             finally:
                 stream.close()
+                summary.model_seconds, summary.waiting_seconds = clock.model, clock.waiting
     finally:
         progress.close()
         writer.close(compact=True)

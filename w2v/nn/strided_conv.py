@@ -31,8 +31,9 @@ def conv_products(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.T
     b, t, c = x.shape
     kernel = weight.shape[-1]
     t_out = (t - kernel) // stride + 1
-    # rows ordered (tap, input channel), matching stride·C contiguous input numbers
-    w = weight.permute(2, 1, 0).reshape(kernel * c, -1)  # (k·C_in, C_out)
+    # rows ordered (tap, input channel), matching stride·C contiguous input numbers; a
+    # transposed view of a (C_out, k·C_in) copy, which is faster to make than (k·C_in, C_out)
+    w = weight.permute(0, 2, 1).reshape(weight.shape[0], kernel * c).T  # (k·C_in, C_out)
     out = None
     for j in range(kernel // stride):  # blocks of `stride` taps: (B, T', s·C) views
         view = x.narrow(1, j * stride, t_out * stride).unflatten(1, (t_out, stride)).flatten(2)
@@ -57,7 +58,9 @@ class K3S2Weights(NamedTuple):
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> K3S2Weights:
-        w0, w1, w2 = (weight[:, :, j].T.contiguous() for j in range(3))
+        # one copy into (tap, C_out, C_in), each tap's matrix then a transposed view (BLAS
+        # takes either layout; this copy is 3x faster than one into (tap, C_in, C_out))
+        w0, w1, w2 = weight.permute(2, 0, 1).contiguous().mT.unbind(0)
         return cls(weight, w0, w1, w2, (w0 + w2) * 0.5, (w0 - w2) * 0.5)
 
 
@@ -70,13 +73,14 @@ def conv_k3s2(x: torch.Tensor, weights: K3S2Weights) -> torch.Tensor:
     t_out = (t - 3) // 2 + 1
     n = t_out // 3  # whole tiles of 3 output frames
     out = x.new_empty(b, t_out, weights.w0.shape[1])
+
+    def w(m: torch.Tensor) -> torch.Tensor:
+        return m.expand(b, -1, -1)
+
     if n:
 
         def even(j: int) -> torch.Tensor:  # e_{3u+j} = x_{6u+2j}, u < n: (B, n, C) view
             return x[:, 2 * j : 2 * j + 6 * (n - 1) + 1 : 6]
-
-        def w(m: torch.Tensor) -> torch.Tensor:
-            return m.expand(b, -1, -1)
 
         e0, e1, e2, e3 = (even(j) for j in range(4))
         tiles = out[:, : 3 * n].view(b, n, 3, -1)  # output frame 3u+i is tiles[:, u, i]
@@ -88,7 +92,10 @@ def conv_k3s2(x: torch.Tensor, weights: K3S2Weights) -> torch.Tensor:
         torch.baddbmm(both, e3 - e1, w(weights.w2), out=tiles[:, :, 2])
         # the odd frames x_1, x_3, ..., x_{6n-1}: one product for all 3n outputs
         out[:, : 3 * n].baddbmm_(x[:, 1 : 6 * n : 2], w(weights.w1))
-    for t in range(3 * n, t_out):  # one or two frames left over: (B, C_in) @ (C_in, C_out)
-        out[:, t] = x[:, 2 * t] @ weights.w0 + x[:, 2 * t + 1] @ weights.w1
-        out[:, t] += x[:, 2 * t + 2] @ weights.w2
+    left = t_out - 3 * n
+    if left:  # one or two frames left over: one product per tap
+        tail, rest = out[:, 3 * n :], x[:, 6 * n :]
+        torch.bmm(rest[:, 0 : 2 * left : 2], w(weights.w0), out=tail)
+        tail.baddbmm_(rest[:, 1 : 2 * left : 2], w(weights.w1))
+        tail.baddbmm_(rest[:, 2 : 2 * left + 1 : 2], w(weights.w2))
     return out
