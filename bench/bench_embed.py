@@ -24,7 +24,10 @@ the first side's pooled outputs and each other side's, over all files. It also s
 each side's wall time into the time inside the model's forward passes (each side
 reports it: ``w2v embed``'s summary line, the loop's last line) and the rest, and
 gives the speed-up of the model time alone: where the two speed-ups agree, the
-pipeline around the model costs nothing on either side.
+pipeline around the model costs nothing on either side. Last, a FLOP bound: the
+corpus' forward-pass FLOPs in fp32 (as w2v computes them) over the machine's measured
+fp32 matmul peak, the least time any exact fp32 pipeline could spend in the model,
+and so the most it could gain over the first side on this machine.
 
     python bench/bench_embed.py                              # 200 files, 1-30 s, base
     python bench/bench_embed.py --files 40 --max-seconds 10  # a quick look
@@ -49,7 +52,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, machine_description, median  # noqa: E402
+from common import SIZES, machine_description, matmul_peak, median, model_flops  # noqa: E402
 
 RATES = (8000, 16000, 22050, 44100, 48000)
 
@@ -89,6 +92,24 @@ def audio_seconds(files: list[Path]) -> float:
     import soundfile as sf
 
     return sum(sf.info(str(f)).duration for f in files)
+
+
+def flop_bound(files: list[Path], model_dir: Path, device: str) -> tuple[float, float]:
+    """The corpus' forward-pass FLOPs in fp32 as w2v computes them (one file at a time,
+    F(3, 2) counted on a CPU), and the machine's measured fp32 matmul peak (GFLOP/s).
+    FLOPs / peak is the least time any pipeline doing this arithmetic could spend in
+    the model on this machine."""
+    import soundfile as sf
+
+    import w2v
+
+    config = w2v.load(model_dir).config
+    flops = 0.0
+    for f in files:
+        info = sf.info(str(f))
+        samples = round(info.frames * 16000 / info.samplerate)
+        flops += model_flops(config, 1, samples, winograd=device == "cpu")
+    return flops, matmul_peak(torch.float32, device)
 
 
 # Model -----------------------------------------------------------------------------
@@ -252,6 +273,9 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=None, help="w2v batch budget")
     ap.add_argument("--device", default="cpu", help="both sides run the model here (cpu, cuda)")
     ap.add_argument("--out", type=Path, help="append the table to this markdown file")
+    ap.add_argument(
+        "--no-bound", action="store_true", help="skip the fp32 FLOP bound (counts + matmul peak)"
+    )
     # internal: one transformers run in this process
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--list", type=Path, help=argparse.SUPPRESS)
@@ -306,6 +330,7 @@ def main() -> None:
                 )
         first = args.sides[0]
         diffs = {side: max_diff(files, (first, side), tmp, list_file) for side in args.sides[1:]}
+        bound = flop_bound(files, model_dir, args.device) if not args.no_bound else None
 
     n = len(files)
     base = median(times[first])
@@ -336,6 +361,19 @@ def main() -> None:
         "model s: time inside the forward passes (pooling included), as each side reports it; "
         "rest s: wall minus model (start-up, loading, decoding not hidden, writing).",
     ]
+    if bound is not None:
+        flops, peak = bound
+        least = flops / (peak * 1e9)
+        lines += [
+            "",
+            f"FLOP bound (fp32): the corpus' forward passes are {flops / 1e12:.1f} TFLOP as w2v "
+            f"computes them; at this machine's measured fp32 matmul peak ({peak:.0f} GFLOP/s) "
+            f"they take at least {least:.1f} s. Against the first side ({LABELS[first]}: "
+            f"{base_model:.1f} s in the model, {base:.1f} s wall), an fp32 pipeline doing this "
+            f"arithmetic could be at most {base_model / least:.2f}x faster in the model, and "
+            f"{base / least:.2f}x end to end even if start-up, loading, decoding and writing "
+            "took no time at all.",
+        ]
     print("\n".join(lines), flush=True)
     if args.out:
         with open(args.out, "a") as f:

@@ -86,14 +86,22 @@ def median(xs):
     return statistics.median(xs)
 
 
-def model_flops(config: Config, batch: int, samples: int) -> float:
-    """Multiply-adds × 2 of one forward pass (conv encoder, projection, pos conv, layers)."""
+def model_flops(config: Config, batch: int, samples: int, winograd: bool = False) -> float:
+    """Multiply-adds × 2 of one forward pass (conv encoder, projection, pos conv, layers).
+
+    ``winograd``: count the kernel-3 / stride-2 conv layers as w2v computes them in
+    fp32 on a CPU (F(3, 2): 7 products per 3 output frames instead of 9, transforms
+    not counted); False counts the direct convolution, as transformers computes it.
+    """
     flops = 0.0
     length = samples
     c_in = 1
     for c, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
         length = (length - k) // s + 1
-        flops += 2 * c_in * c * k * length
+        layer = 2 * c_in * c * k * length
+        if winograd and (k, s) == (3, 2) and c_in > 1:
+            layer *= 7 / 9
+        flops += layer
         c_in = c
     t = num_frames(samples, config)
     d, f = config.hidden_size, config.intermediate_size
