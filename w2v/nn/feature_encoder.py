@@ -32,7 +32,7 @@ from torch import nn
 from w2v.config import Config
 from w2v.nn.functional import gelu_, records_grad
 from w2v.nn.norm import GroupNorm, LayerNorm, valid_frames
-from w2v.nn.strided_conv import K3S2Weights, conv_k3s2, conv_products
+from w2v.nn.strided_conv import K3S2Weights, conv_k3s2, conv_products, product_matrix
 
 _BLOCKED_LAYERS = 3
 """Conv layers 0..2 run block by block over time; the later ones (a quarter of layer 0's
@@ -176,9 +176,10 @@ class ConvLayer(nn.Module):
 
     # ---------------------------------------------------------------- layers ≥ 1
     def prepare(self) -> torch.Tensor | K3S2Weights:
-        """The weight in the form the products take; prepared once per call and reused
-        by every block of time. F(3, 2) writes its products in place into strided views:
-        fp32 on CPU, eager, and not for autograd."""
+        """The weight in the form the products take, made once per call and reused by
+        every block of time: F(3, 2)'s matrices (fp32 on CPU, eager, and not for
+        autograd, since F(3, 2) writes its products in place into strided views), else
+        the (kernel·C_in, C_out) product matrix."""
         weight = self.conv.weight
         device = weight.device.type
         winograd = (
@@ -190,7 +191,7 @@ class ConvLayer(nn.Module):
             and not torch.compiler.is_compiling()
             and not records_grad(weight)
         )
-        return K3S2Weights.of(weight) if winograd else weight
+        return K3S2Weights.of(weight) if winograd else product_matrix(weight)
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor | K3S2Weights | None = None
