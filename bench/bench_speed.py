@@ -3,7 +3,9 @@
 For each case (model size, dtype, batch, clip length) both implementations run
 alternately; the table reports audio seconds processed per second, peak memory
 above the pre-call level, max |difference| of the final output, and the fraction
-of this machine's measured matmul peak that w2v achieves.
+of this machine's measured matmul peak that w2v achieves (counting the FLOPs w2v
+performs: in fp32 on a CPU its kernel-3 / stride-2 convs use F(3, 2), 7/9 of the
+direct products).
 
     python bench/bench_speed.py                       # the full matrix (long on 2 CPU cores)
     python bench/bench_speed.py --sizes base --seconds 10 --batches 1 --reps 2
@@ -65,6 +67,7 @@ def cosine_per_layer(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def run_case(ref, variants, config, dtype, batch, seconds, reps, device, peaks, min_time=0.0):
     """variants: name → model for this dtype ("w2v", optionally "compiled", and "fp32" for cos)."""
     x = torch.randn(batch, int(seconds * 16000), device=device) * 0.1
+    cpu = x.device.type == "cpu"
     autocast = torch.autocast(
         device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16"
     )
@@ -100,12 +103,13 @@ def run_case(ref, variants, config, dtype, batch, seconds, reps, device, peaks, 
                 out_ours = out
     audio = batch * seconds
     tput = {name: audio / median(ts) for name, ts in times.items()}
+    flops = model_flops(config, batch, x.shape[1], winograd=dtype == "fp32" and cpu)
     row = dict(
         tput=tput,
         ref_mem=max(mems["ref"]) / 2**20,
         ours_mem=max(mems["w2v"]) / 2**20,
         diff=(out_ref.float() - out_ours.float()).abs().max().item(),
-        peak_frac=model_flops(config, batch, x.shape[1]) * tput["w2v"] / audio / 1e9 / peaks[dtype],
+        peak_frac=flops * tput["w2v"] / audio / 1e9 / peaks[dtype],
         cos=float("nan"),
     )
     if dtype == "bf16":
