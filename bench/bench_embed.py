@@ -99,16 +99,13 @@ def flop_bound(files: list[Path], model_dir: Path, device: str) -> tuple[float, 
     F(3, 2) counted on a CPU), and the machine's measured fp32 matmul peak (GFLOP/s).
     FLOPs / peak is the least time any pipeline doing this arithmetic could spend in
     the model on this machine."""
-    import soundfile as sf
-
     import w2v
+    from w2v.audio import probe
 
     config = w2v.load(model_dir).config
     flops = 0.0
     for f in files:
-        info = sf.info(str(f))
-        samples = round(info.frames * 16000 / info.samplerate)
-        flops += model_flops(config, 1, samples, winograd=device == "cpu")
+        flops += model_flops(config, 1, probe(f).samples_16k, winograd=device == "cpu")
     return flops, matmul_peak(torch.float32, device)
 
 
