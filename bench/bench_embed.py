@@ -100,7 +100,7 @@ def flop_bound(files: list[Path], model_dir: Path, device: str) -> tuple[float, 
     FLOPs / peak is the least time any pipeline doing this arithmetic could spend in
     the model on this machine."""
     import w2v
-    from w2v.audio import probe
+    from w2v.pipeline.audio import probe
 
     config = w2v.load(model_dir).config
     flops = 0.0

@@ -4,6 +4,6 @@ Nothing here imports ``transformers`` or ``fairseq``; every converter is a
 pure function from a source state dict and config to a :class:`Checkpoint`.
 """
 
-from convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.checkpoint import Checkpoint, CheckpointError
 
 __all__ = ["Checkpoint", "CheckpointError"]

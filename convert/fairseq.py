@@ -1,7 +1,7 @@
 """fairseq ``.pt`` checkpoints (wav2vec2, HuBERT, data2vec-audio, their CTC fine-tunes) → w2v.
 
 Read without fairseq and without running code from the file: the pickle goes
-through :mod:`convert.unpickle`'s allow-list. Layouts understood:
+through :mod:`w2v.convert.unpickle`'s allow-list. Layouts understood:
 
 * new-style ``cfg`` (omegaconf ``DictConfig`` or plain dicts) with ``model`` and
   ``task`` sections; legacy ``args`` (``argparse.Namespace``);
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.keys import check_against, expected_state
+from w2v.convert.safe_pickle import Record, Refused, RefusedGlobal, read_torch_file, to_plain
 
-from convert.checkpoint import Checkpoint, CheckpointError
-from convert.keys import check_against, expected_state
-from convert.unpickle import Record, Refused, RefusedGlobal, read_torch_file, to_plain
 from w2v.config import Config
 
 # fairseq model name (cfg.model._name or args.arch) → w2v family

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.keys import check_against, expected_state, rename
 
-from convert.checkpoint import Checkpoint, CheckpointError
-from convert.keys import check_against, expected_state, rename
 from w2v.config import Config
 
 # model_type → (family, backbone prefix in head models)

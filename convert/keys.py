@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 import torch
+from w2v.convert.checkpoint import CheckpointError
 
-from convert.checkpoint import CheckpointError
+from w2v.nn.model import Model
 
 _NUM = re.compile(r"(?<=\.)\d+(?=\.|$)")
 
@@ -75,7 +76,5 @@ def check_against(
 
 def expected_state(config) -> dict[str, torch.Tensor]:
     """The w2v model's state dict for ``config``, on the meta device (nothing allocated)."""
-    from w2v.nn.model import Model
-
     with torch.device("meta"):
         return Model(config).state_dict()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from convert import checkpoint
-from convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert import checkpoint
+from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.fairseq import read_fairseq
+from w2v.convert.hf import read_hf
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -19,15 +21,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if checkpoint.is_w2v_dir(p):
             return checkpoint.read(p)
         if (p / "config.json").is_file():
-            from convert.hf import read_hf
-
             return read_hf(p)
         raise CheckpointError(
             f"{p}: directory holds no config.json; expected a w2v checkpoint directory "
             "(from `w2v convert`) or a Hugging Face model directory"
         )
     if p.is_file():
-        from convert.fairseq import read_fairseq
-
         return read_fairseq(p)
     raise CheckpointError(f"{p}: no such file or directory")

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_W2V
 
 import w2v
+from tests.helpers import TINY_W2V
 from w2v.cli import main as cli_main
 from w2v.config import Config, num_frames
-from w2v.embed import embed, embed_files
 from w2v.longform import ChunkPolicy, hidden_states_long, iter_chunks, plan_windows
-from w2v.outputs import read_manifest, read_output
-from w2v.pooling import RunningPool, pool_layers
+from w2v.pipeline.outputs import read_manifest, read_output
+from w2v.pipeline.pooling import RunningPool, pool_layers
+from w2v.pipeline.run import embed, embed_files
 
 TINY = TINY_W2V
 GROUP = Config(**TINY)
@@ -158,7 +158,7 @@ def test_auto_chunking_above_threshold(monkeypatch, tmp_path, capsys):
         16000,
         subtype="FLOAT",
     )
-    from convert.checkpoint import Checkpoint, save
+    from w2v.convert.checkpoint import Checkpoint, save
 
     save(Checkpoint(config=GROUP, state_dict=model.state_dict()), tmp_path / "model")
     out = tmp_path / "out"
@@ -194,7 +194,7 @@ def test_auto_chunking_above_threshold(monkeypatch, tmp_path, capsys):
 
 
 def test_embed_files_chunk_options_validated(tmp_path):
-    from w2v.embed import UsageError
+    from w2v.pipeline.run import UsageError
 
     with pytest.raises(UsageError, match="negative"):
         embed_files([tmp_path], _model(GROUP), tmp_path / "o", chunk_seconds=1, context_seconds=-1)

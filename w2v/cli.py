@@ -6,13 +6,14 @@ import argparse
 import os
 import sys
 
+from w2v.allocator import MODES, tune_allocator
+from w2v.convert.checkpoint import CheckpointError, save
+from w2v.convert.load import read_checkpoint
 from w2v.longform import AUTO_CHUNK_SECONDS, DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
+from w2v.pipeline.run import UsageError, embed_files, parse_layers
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from convert.checkpoint import CheckpointError, save
-    from convert.load import read_checkpoint
-
     try:
         ckpt = read_checkpoint(args.src)
     except CheckpointError as e:
@@ -32,7 +33,7 @@ def _convert(args: argparse.Namespace) -> int:
 class _Bar:
     """tqdm progress on stderr (files, audio seconds per second, ETA) and one line per failure.
 
-    Implements :class:`w2v.embed.Progress`; the bar shows only on a terminal.
+    Implements :class:`w2v.pipeline.Progress`; the bar shows only on a terminal.
     """
 
     def __init__(self, quiet: bool) -> None:
@@ -90,8 +91,6 @@ class _Bar:
 
 
 def _layers_arg(text: str) -> str:
-    from w2v.embed import UsageError, parse_layers
-
     try:
         parse_layers(text)
     except UsageError as e:
@@ -120,9 +119,6 @@ def _non_negative(text: str) -> float:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from w2v.allocator import MODES, tune_allocator
-    from w2v.embed import UsageError, embed_files
-
     bar = _Bar(args.quiet)
     try:
         allocator = os.environ.get("W2V_ALLOCATOR", "bounded")

@@ -1,14 +1,13 @@
-"""Architecture configuration: a frozen dataclass plus the named configs in ``configs/``."""
+"""Architecture configuration: a frozen dataclass plus the named configs (package data
+``w2v.configs``, the repository's ``configs/`` folder)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 CONV_NORMS = ("group", "layer")
 POS_CONVS = ("weight_norm", "batch_norm", "stack")
@@ -116,23 +115,31 @@ class Config:
 
     @classmethod
     def from_name(cls, name: str) -> Config:
-        """The named architecture from ``configs/<name>.json`` (exact match)."""
-        path = CONFIG_DIR / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"unknown config {name!r}; valid names: {', '.join(config_names())}")
-        data = json.loads(path.read_text())
-        return cls.from_dict(data["config"])
+        """The named architecture ``configs/<name>.json`` (exact match)."""
+        return cls.from_dict(named_config_info(name)["config"])
+
+
+def _config_files() -> dict[str, Any]:
+    """Name → resource of every named config shipped with w2v."""
+    root = resources.files("w2v.configs")
+    return {
+        f.name.removesuffix(".json"): f
+        for f in root.iterdir()
+        if f.name.endswith(".json") and f.is_file()
+    }
 
 
 def config_names() -> list[str]:
     """Names of the architectures shipped in ``configs/``."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    return sorted(_config_files())
 
 
 def named_config_info(name: str) -> dict[str, Any]:
     """The whole JSON of a named config: ``config``, ``family`` and ``checkpoints``."""
-    Config.from_name(name)  # validates the name with a helpful error
-    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    files = _config_files()
+    if name not in files:
+        raise ValueError(f"unknown config {name!r}; valid names: {', '.join(sorted(files))}")
+    return json.loads(files[name].read_text(encoding="utf-8"))
 
 
 def num_frames(num_samples: int, config: Config | None = None) -> int:

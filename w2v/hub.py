@@ -2,7 +2,7 @@
 
 ``resolve_hub("facebook/wav2vec2-base")`` downloads only what conversion
 needs (configs and weights) with ``huggingface_hub.snapshot_download``,
-converts it with :func:`convert.load.read_checkpoint`, and saves the result
+converts it with :func:`w2v.convert.load.read_checkpoint`, and saves the result
 under the cache: ``$W2V_CACHE`` if set, else ``~/.cache/w2v``, in a folder
 named after the id with ``/`` replaced by ``--``. Later calls return the
 cached directory without touching the network.
@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from convert.checkpoint import CheckpointError
+from w2v.convert import checkpoint
+from w2v.convert.checkpoint import CheckpointError
+from w2v.convert.load import read_checkpoint
 
 ALLOW_PATTERNS = [
     "config.json",
@@ -53,8 +55,6 @@ def resolve_hub(model_id: str, cache_dir: str | os.PathLike | None = None) -> Pa
     Raises :class:`HubError` with what to do when ``huggingface_hub`` is
     missing, the download fails (offline, unknown id), or conversion fails.
     """
-    from convert import checkpoint
-
     if not _ID.match(model_id):
         raise HubError(
             f"{model_id!r} is neither an existing path nor a hub id of the form org/name"
@@ -88,9 +88,6 @@ def resolve_hub(model_id: str, cache_dir: str | os.PathLike | None = None) -> Pa
 
 
 def _convert(snapshot: Path, model_id: str, target: Path) -> Path:
-    from convert import checkpoint
-    from convert.load import read_checkpoint
-
     try:
         ckpt = read_checkpoint(snapshot)
     except CheckpointError as e:

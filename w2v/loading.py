@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from w2v.config import Config
+from w2v.convert.load import read_checkpoint
+from w2v.hub import resolve_hub
 from w2v.nn.model import Model
 from w2v.nn.norm import GroupNorm, LayerNorm
 
@@ -27,7 +29,7 @@ def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model
 
 
 def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None) -> Model:
-    """Build the model for a :class:`convert.checkpoint.Checkpoint` and load its weights strictly."""
+    """Build the model for a :class:`w2v.convert.checkpoint.Checkpoint` and load its weights strictly."""
     with torch.device("meta"):
         model = Model(ckpt.config)
     # weights stored in half precision load as float32 unless a dtype is asked for
@@ -72,12 +74,8 @@ def load(
     call of each kind compiles, which takes a while; see :meth:`Model.compile`).
     Notices about dropped heads are emitted as :class:`UserWarning`.
     """
-    from convert.load import read_checkpoint
-
     p = Path(path)
     if not p.exists() and isinstance(path, str) and _HUB_ID.match(path):
-        from w2v.hub import resolve_hub
-
         p = resolve_hub(path)
     ckpt = read_checkpoint(p)
     for notice in ckpt.notices:

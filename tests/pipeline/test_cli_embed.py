@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_W2V
+from w2v.convert.checkpoint import Checkpoint, save
 
 import w2v
-from convert.checkpoint import Checkpoint, save
+from tests.helpers import REPO, TINY_W2V
 from w2v.cli import main
 from w2v.config import Config
-from w2v.embed import embed
-from w2v.outputs import MANIFEST, TMP_SUFFIX, read_manifest
+from w2v.pipeline.outputs import MANIFEST, TMP_SUFFIX, read_manifest
+from w2v.pipeline.run import embed
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = Config(**TINY_W2V)
 SUMMARY = re.compile(
     r"^w2v embed: (\d+) ok, (\d+) failed, (\d+) skipped; \d+\.\d s of audio in \d+\.\d s"

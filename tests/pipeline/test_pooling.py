@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from w2v.pooling import masked_mean, masked_stats, pool_layers
+from w2v.pipeline.pooling import masked_mean, masked_stats, pool_layers
 
 
 def _batch(seed=0):

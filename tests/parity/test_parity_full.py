@@ -13,9 +13,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_layers_close, hf_class, hf_config, perturb_
 
 import w2v
+from tests.helpers import assert_layers_close, hf_class, hf_config, perturb_
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow

@@ -363,8 +363,8 @@ def read_torch_file(path: str | os.PathLike) -> Any:
 
     Tensors come back on the CPU. Raises :class:`RefusedGlobal` for a global
     outside the allow-list and ``ValueError`` / ``pickle.UnpicklingError`` /
-    ``OSError`` and others for damaged files; :mod:`convert.fairseq` turns
-    these into one-line :class:`~convert.checkpoint.CheckpointError`\\ s.
+    ``OSError`` and others for damaged files; :mod:`w2v.convert.fairseq` turns
+    these into one-line :class:`~w2v.convert.checkpoint.CheckpointError`\\ s.
     """
     with open(path, "rb") as f:
         head = f.read(4)

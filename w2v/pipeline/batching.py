@@ -6,7 +6,7 @@ consecutive runs whose *padded* size, ``longest item × batch size``, stays
 within ``batch_seconds`` of 16 kHz audio. Neighbours in that order have similar
 lengths, so padding stays small. An item longer than the budget on its own
 forms a batch of one. Lengths for planning come from file headers
-(:func:`w2v.audio.probe`), so nothing is decoded twice.
+(:func:`w2v.pipeline.audio.probe`), so nothing is decoded twice.
 
 Read-ahead (:func:`prefetch`): a thread pool decodes the items of the next
 ``ahead`` batches while the model works on the current one (soundfile and soxr
@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from w2v.audio import SAMPLE_RATE
+from w2v.pipeline.audio import SAMPLE_RATE
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from w2v.convert.checkpoint import is_w2v_dir
 
 import w2v
-from convert.checkpoint import is_w2v_dir
 from w2v.cli import main
 from w2v.hub import ALLOW_PATTERNS, HubError, cache_path, resolve_hub
 

@@ -9,13 +9,14 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from conftest import TINY_W2V
+from w2v.convert.checkpoint import Checkpoint, save
 
 import w2v
-from convert.checkpoint import Checkpoint, save
-from w2v.audio import AudioError
+from tests.helpers import TINY_W2V
 from w2v.config import Config
-from w2v.embed import (
+from w2v.pipeline.audio import AudioError
+from w2v.pipeline.outputs import MANIFEST, read_manifest, read_output
+from w2v.pipeline.run import (
     Progress,
     UsageError,
     check_device,
@@ -25,7 +26,6 @@ from w2v.embed import (
     parse_layers,
     resolve_layers,
 )
-from w2v.outputs import MANIFEST, read_manifest, read_output
 
 TINY = Config(**{**TINY_W2V, "num_layers": 3})
 ATOL = 1e-4
@@ -315,11 +315,11 @@ def test_summary_splits_model_time_from_waiting_for_audio(tmp_path, monkeypatch)
     """Slow decoding and a slow model: the summary says how long each took."""
     import time
 
-    import w2v.audio
+    import w2v.pipeline.audio
 
     root = _write_files(tmp_path / "data")
     model = _model()
-    real_states, real_load = model.hidden_states, w2v.audio.load
+    real_states, real_load = model.hidden_states, w2v.pipeline.audio.load
     model_delay, decode_delay = 0.1, 0.25
 
     def slow_states(*args, **kwargs):
@@ -331,7 +331,7 @@ def test_summary_splits_model_time_from_waiting_for_audio(tmp_path, monkeypatch)
         return real_load(*args, **kwargs)
 
     model.hidden_states = slow_states
-    monkeypatch.setattr(w2v.audio, "load", slow_load)
+    monkeypatch.setattr(w2v.pipeline.audio, "load", slow_load)
     # one file per batch, one decoding thread: the model waits at least for the first file
     summary = embed_files([root], model, tmp_path / "out", batch_seconds=1e-3, workers=1)
     assert summary.ok == len(FILES)
@@ -436,7 +436,7 @@ def test_embed_api_errors(tmp_path):
 
 
 def test_default_batch_budget_depends_on_the_device():
-    from w2v.embed import CPU_BATCH_SECONDS, GPU_BATCH_SECONDS, default_batch_seconds
+    from w2v.pipeline.run import CPU_BATCH_SECONDS, GPU_BATCH_SECONDS, default_batch_seconds
 
     assert default_batch_seconds("cpu") == CPU_BATCH_SECONDS < GPU_BATCH_SECONDS
     assert default_batch_seconds(torch.device("cuda", 0)) == GPU_BATCH_SECONDS

@@ -14,9 +14,9 @@ Data flows one way: inputs → headers (durations) → batches of similar length
   layers in the order asked.
 * Batching: items are sorted by duration (longest first) and cut into batches
   whose padded size stays within ``batch_seconds`` of audio (see
-  :mod:`w2v.batching`); the model computes batched items exactly as it would
+  :mod:`w2v.pipeline.batching`); the model computes batched items exactly as it would
   alone, so results do not depend on batching.
-* Audio: see :mod:`w2v.audio` (mono mix-down or ``channel``, soxr to 16 kHz,
+* Audio: see :mod:`w2v.pipeline.audio` (mono mix-down or ``channel``, soxr to 16 kHz,
   per-utterance normalisation when the checkpoint asks for it).
 
 Nothing here prints: :func:`embed_files` reports through a :class:`Progress`
@@ -39,11 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from w2v import allocator, audio
-from w2v.audio import SAMPLE_RATE, AudioError, AudioInfo
-from w2v.batching import default_workers, pad, parallel_map, plan_batches, prefetch
+from w2v import allocator
+from w2v.loading import load, parse_dtype, to
 from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy, iter_chunks
-from w2v.outputs import (
+from w2v.pipeline import audio
+from w2v.pipeline.audio import SAMPLE_RATE, AudioError, AudioInfo
+from w2v.pipeline.batching import default_workers, pad, parallel_map, plan_batches, prefetch
+from w2v.pipeline.outputs import (
     ManifestWriter,
     check_format,
     is_done,
@@ -52,7 +54,7 @@ from w2v.outputs import (
     remove_stale_temporaries,
     write_output,
 )
-from w2v.pooling import RunningPool, check_pool, pool_layers
+from w2v.pipeline.pooling import RunningPool, check_pool, pool_layers
 
 CPU_BATCH_SECONDS = 30.0
 """Default padded audio seconds per batch (longest item × batch size) with the model on
@@ -203,7 +205,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Input]:
     """Expand command-line inputs into files with their output keys.
 
     * a directory ROOT: every file below it whose extension (any case) is in
-      :data:`w2v.audio.AUDIO_EXTENSIONS`, keyed by its path relative to ROOT;
+      :data:`w2v.pipeline.audio.AUDIO_EXTENSIONS`, keyed by its path relative to ROOT;
       hidden files and directories (name starting with ``.``, such as macOS
       ``._x.wav`` resource forks) are left out;
     * a ``.txt`` / ``.lst`` file: a list of paths, one per line, relative ones
@@ -276,8 +278,6 @@ def load_model(
 
     Raises :class:`UsageError` when a model path or hub id cannot be loaded.
     """
-    from w2v.loading import parse_dtype, to
-
     if isinstance(dtype, str):
         try:
             dtype = parse_dtype(dtype)
@@ -290,10 +290,8 @@ def load_model(
             model = to(model, device=device, dtype=dtype)
         model.eval()
         return model.compile() if compile else model
-    import w2v
-
     try:
-        return w2v.load(model, device=device or default_device(), dtype=dtype, compile=compile)
+        return load(model, device=device or default_device(), dtype=dtype, compile=compile)
     except (ValueError, OSError, ImportError) as e:
         raise UsageError(f"cannot load model {os.fspath(model)!r}: {audio._reason(e)}") from None
 
@@ -597,7 +595,7 @@ def embed(
     ``sample_rate=``, an ``(array, rate)`` tuple, or a list of any of these. A
     1-D array is one mono waveform; a 2-D array is a batch of waveforms
     ``(batch, samples)``, one item per row. Files go through
-    :func:`w2v.audio.load` (mono mix-down, or ``channel``; soxr to 16 kHz).
+    :func:`w2v.pipeline.audio.load` (mono mix-down, or ``channel``; soxr to 16 kHz).
     model: a loaded model, or anything :func:`w2v.load` accepts (moved to
     ``device`` / cast to ``dtype`` when given).
     layers: ``"all"``, an index, a list of indices, or a spec string
@@ -615,7 +613,7 @@ def embed(
 
     Returns one float32 array per item, in input order: ``(layers, dim)``
     pooled, ``(layers, 2 * dim)`` for ``stats``, ``(layers, frames, dim)`` for
-    ``"none"``. Raises :class:`w2v.audio.AudioError` naming the first bad item.
+    ``"none"``. Raises :class:`w2v.pipeline.audio.AudioError` naming the first bad item.
     """
     check_pool(pool)
     chunking = ChunkPolicy(chunk_seconds, context_seconds)
@@ -721,7 +719,7 @@ def embed_files(
     """Embed audio files into ``out_dir``: the work behind ``w2v embed``.
 
     Writes one output per input and ``out_dir/manifest.jsonl`` (layout in
-    :mod:`w2v.outputs`). Inputs done by an earlier run with the same settings
+    :mod:`w2v.pipeline.outputs`). Inputs done by an earlier run with the same settings
     are skipped unless ``overwrite``. A bad input becomes an ``error`` entry and
     the run goes on. Raises :class:`UsageError` for bad arguments, no inputs,
     colliding output names, or a model that cannot be loaded.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_W2V
 from torch.export import Dim, export
 
 import w2v
+from tests.helpers import TINY_W2V
 from w2v.config import Config
 
 TINY = TINY_W2V

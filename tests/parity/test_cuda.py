@@ -14,9 +14,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_layers_close, hf_class, hf_config, perturb_
 
 import w2v
+from tests.helpers import assert_layers_close, hf_class, hf_config, perturb_
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -186,8 +186,8 @@ def test_embed_files_on_gpu_matches_cpu(case, tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from w2v.embed import embed_files
-    from w2v.outputs import read_manifest, read_output
+    from w2v.pipeline.outputs import read_manifest, read_output
+    from w2v.pipeline.run import embed_files
 
     name, _, path, _ = case
     if name != "wav2vec2-base":

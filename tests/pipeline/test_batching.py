@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from w2v.batching import pad, parallel_map, plan_batches, prefetch
+from w2v.pipeline.batching import pad, parallel_map, plan_batches, prefetch
 
 
 @pytest.mark.parametrize("seed", range(5))

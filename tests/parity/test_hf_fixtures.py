@@ -15,11 +15,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import HF_FIXTURES, assert_layers_close
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import w2v
+from tests.helpers import HF_FIXTURES, assert_layers_close
 
 ATOL = {torch.float32: 1e-5}
 DTYPE = torch.float32

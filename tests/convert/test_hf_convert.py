@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, HF_FIXTURES, hf_class, hf_config, perturb_
 from safetensors.torch import load_file, save_file
+from w2v.convert.checkpoint import CheckpointError
+from w2v.convert.hf import config_from_hf, convert_hf_state_dict
 
 import w2v
-from convert.checkpoint import CheckpointError
-from convert.hf import config_from_hf, convert_hf_state_dict
+from tests.helpers import FAMILIES, HF_FIXTURES, REPO, hf_class, hf_config, perturb_
 from w2v.cli import main as cli_main
 from w2v.config import Config
 from w2v.nn.model import Model
 
 ATOL = {torch.float32: 1e-5}
 DTYPE = torch.float32
-REPO = Path(__file__).resolve().parent.parent
 
 HEADS = {
     "wav2vec2": [

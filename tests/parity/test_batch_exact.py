@@ -13,9 +13,9 @@ import gc
 
 import pytest
 import torch
-from conftest import hf_class, hf_config, perturb_
+from w2v.convert.hf import config_from_hf, convert_hf_state_dict
 
-from convert.hf import config_from_hf, convert_hf_state_dict
+from tests.helpers import hf_class, hf_config, perturb_
 from w2v import num_frames
 from w2v.nn.model import Model
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_W2V, hf_class, hf_config, perturb_
+from w2v.convert.hf import config_from_hf, convert_hf_state_dict
 
-from convert.hf import config_from_hf, convert_hf_state_dict
+from tests.helpers import TINY_W2V, hf_class, hf_config, perturb_
 from w2v import num_frames
 from w2v.config import Config
 from w2v.nn.attention import relative_position_buckets

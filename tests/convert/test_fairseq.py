@@ -17,21 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import w2v
-from convert import unpickle
-from convert.checkpoint import CheckpointError
-from convert.fairseq import (
+from w2v.convert import safe_pickle as unpickle
+from w2v.convert.checkpoint import CheckpointError
+from w2v.convert.fairseq import (
     config_from_fairseq,
     convert_fairseq_state_dict,
     parse_conv_layers,
     read_fairseq,
 )
+
+import w2v
+from tests.helpers import FAIRSEQ_FIXTURES as FIXTURES
+from tests.helpers import REPO as ROOT
 from w2v.cli import main as cli_main
 from w2v.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "fairseq"
 FP32 = dict(atol=1e-4, rtol=0)
 
 TINY = dict(
@@ -305,8 +305,8 @@ def test_identity_projection_when_fairseq_has_none():
 
 
 def _fake_fairseq_state(config: Config) -> dict[str, torch.Tensor]:
-    from convert.fairseq import _template_regex, key_table
-    from convert.keys import expected_state
+    from w2v.convert.fairseq import _template_regex, key_table
+    from w2v.convert.keys import expected_state
 
     reverse = {}
     for src, dst in key_table(config).items():

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from w2v import audio
-from w2v.audio import AudioError
+from w2v.pipeline import audio
+from w2v.pipeline.audio import AudioError
 
 CASES = [
     # (extension, format, subtype, rate, channels)

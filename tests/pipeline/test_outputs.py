@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from w2v.outputs import (
+from w2v.pipeline.outputs import (
     MANIFEST,
     TMP_SUFFIX,
     ManifestWriter,

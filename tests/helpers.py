@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny HF configs, parameter perturbation, per-layer comparison.
+"""Shared test helpers: paths, tiny configs, transformers references, parameter
+perturbation, per-layer comparison.
 
 Nothing here imports ``transformers`` at module level: the fixture tests must
 run without it.
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import torch
 
-HF_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+HF_FIXTURES = FIXTURES / "hf"
+FAIRSEQ_FIXTURES = FIXTURES / "fairseq"
 
 FAMILIES = ("wav2vec2", "hubert", "data2vec-audio", "wavlm")
 HF_PREFIX = {

@@ -1,0 +1,1 @@
+"""The embedding pipeline behind ``w2v embed`` and ``w2v.embed``."""
