@@ -4,6 +4,8 @@ Nothing here imports ``transformers`` or ``fairseq``; every converter is a
 pure function from a source state dict and config to a :class:`Checkpoint`.
 """
 
-from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.checkpoint import Checkpoint
+
+from w2v.errors import CheckpointError
 
 __all__ = ["Checkpoint", "CheckpointError"]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from w2v.config import Config
+from w2v.atomic import atomic_write
+from w2v.config import CheckpointInfo, Config
+from w2v.errors import CheckpointError, one_line
 
 FORMAT = "w2v"
 FORMAT_VERSION = 1
@@ -19,36 +20,32 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or converted; the message names the file and the problem."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class Checkpoint:
-    """A converted checkpoint: architecture, weights in w2v's key names, and metadata.
+    """A converted checkpoint: architecture, weights in w2v's key names, and what the
+    checkpoint says about itself (:class:`~w2v.config.CheckpointInfo`).
 
-    ``normalize``: whether inputs should be normalised per utterance to zero
-    mean and unit variance before the model (HF ``do_normalize``, fairseq
-    ``task.normalize``). ``vocab``: CTC output symbols when known.
     ``notices``: one-line remarks produced while converting (dropped heads).
     """
 
     config: Config
     state_dict: dict[str, torch.Tensor]
-    family: str = "wav2vec2"
-    normalize: bool = False
-    vocab: list[str] | None = None
-    source: str = ""
-    notices: list[str] = field(default_factory=list)
+    info: CheckpointInfo = field(default_factory=CheckpointInfo)
+    notices: tuple[str, ...] = ()
+
+    def with_source(self, source: str) -> Checkpoint:
+        return replace(self, info=replace(self.info, source=source))
 
     def metadata(self) -> dict[str, Any]:
+        """The w2v ``config.json``: format, checkpoint info and architecture."""
+        info = self.info
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "family": self.family,
-            "source": self.source,
-            "normalize": self.normalize,
-            "vocab": self.vocab,
+            "family": info.family,
+            "source": info.source,
+            "normalize": info.normalize,
+            "vocab": None if info.vocab is None else list(info.vocab),
             "config": self.config.to_dict(),
         }
 
@@ -70,11 +67,11 @@ def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt.state_dict.items()}
-    _atomic_write(
+    atomic_write(
         out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
     )
     text = json.dumps(ckpt.metadata(), indent=2) + "\n"
-    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    atomic_write(out / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
     return out
 
 
@@ -106,27 +103,14 @@ def read(directory: str | os.PathLike) -> Checkpoint:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights}: cannot read weights ({_one_line(e)})") from None
+        raise CheckpointError(f"{weights}: cannot read weights ({one_line(e)})") from None
     return Checkpoint(
         config=config,
         state_dict=state,
-        family=meta.get("family", "wav2vec2"),
-        normalize=bool(meta.get("normalize", False)),
-        vocab=meta.get("vocab"),
-        source=meta.get("source", str(d)),
+        info=CheckpointInfo(
+            family=meta.get("family", "wav2vec2"),
+            normalize=bool(meta.get("normalize", False)),
+            vocab=meta.get("vocab"),
+            source=meta.get("source", str(d)),
+        ),
     )
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

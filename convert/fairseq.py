@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.checkpoint import Checkpoint
 from w2v.convert.keys import check_against, expected_state
 from w2v.convert.safe_pickle import Record, Refused, RefusedGlobal, read_torch_file, to_plain
 
-from w2v.config import Config
+from w2v.config import CheckpointInfo, Config
+from w2v.errors import CheckpointError, one_line
 
 # fairseq model name (cfg.model._name or args.arch) → w2v family
 FAMILIES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "data2vec_audio": "data2vec-audio"}
@@ -213,11 +214,8 @@ def read_fairseq(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(
         config=config,
         state_dict=state,
-        family=family,
-        normalize=bool(normalize),
-        vocab=vocab,
-        source=str(p),
-        notices=notices,
+        info=CheckpointInfo(family=family, normalize=bool(normalize), vocab=vocab, source=str(p)),
+        notices=tuple(notices),
     )
 
 
@@ -238,7 +236,7 @@ def _unpickle(p: Path) -> Any:
         raise CheckpointError(f"{p}: cannot read the file ({e.strerror or e})") from None
     except Exception as e:  # a damaged file can fail in many ways; all mean the same to the user
         raise CheckpointError(
-            f"{p}: cannot read as a PyTorch checkpoint ({_one_line(e)}); "
+            f"{p}: cannot read as a PyTorch checkpoint ({one_line(e, 200)}); "
             "the file may be truncated or corrupt"
         ) from None
 
@@ -302,11 +300,6 @@ def _target_symbols(task_state: Any) -> list[str] | None:
     if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols):
         return list(symbols)
     return None
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # --------------------------------------------------------------------------

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.checkpoint import Checkpoint
 from w2v.convert.keys import check_against, expected_state, rename
 
-from w2v.config import Config
+from w2v.config import SAMPLE_RATE, CheckpointInfo, Config
+from w2v.errors import CheckpointError, one_line
 
 # model_type → (family, backbone prefix in head models)
 MODEL_TYPES = {
@@ -246,11 +247,13 @@ def read_hf(path: str | Path) -> Checkpoint:
     return Checkpoint(
         config=config,
         state_dict=weights,
-        family=family,
-        normalize=normalize,
-        vocab=_read_vocab(d, config.vocab_size),
-        source=f"transformers {architectures[0] if architectures else cfg['model_type']} from {d}",
-        notices=notices,
+        info=CheckpointInfo(
+            family=family,
+            normalize=normalize,
+            vocab=_read_vocab(d, config.vocab_size),
+            source=f"transformers {architectures[0] if architectures else cfg['model_type']} from {d}",
+        ),
+        notices=tuple(notices),
     )
 
 
@@ -278,7 +281,7 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file}: cannot read weights ({_one_line(e)})") from None
+        raise CheckpointError(f"{file}: cannot read weights ({one_line(e)})") from None
 
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
@@ -287,7 +290,7 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{file}: cannot read weights ({_one_line(e)})") from None
+        raise CheckpointError(f"{file}: cannot read weights ({one_line(e)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: expected a state dict, got {type(state).__name__}")
     return state
@@ -297,7 +300,7 @@ def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: cannot read shard index ({_one_line(e)})") from None
+        raise CheckpointError(f"{index}: cannot read shard index ({one_line(e)})") from None
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         file = index.parent / shard
@@ -323,9 +326,9 @@ def _read_normalize(d: Path) -> tuple[bool, str | None]:
     try:
         data = json.loads(pre.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{pre}: cannot read ({_one_line(e)})") from None
-    rate = data.get("sampling_rate", 16000)
-    if rate != 16000:
+        raise CheckpointError(f"{pre}: cannot read ({one_line(e)})") from None
+    rate = data.get("sampling_rate", SAMPLE_RATE)
+    if rate != SAMPLE_RATE:
         raise CheckpointError(
             f"{pre}: sampling_rate {rate} is not supported (w2v models take 16 kHz)"
         )
@@ -348,7 +351,3 @@ def _read_vocab(d: Path, vocab_size: int | None) -> list[str] | None:
     if len(vocab) != vocab_size:
         return None
     return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import torch
-from w2v.convert.checkpoint import CheckpointError
 
+from w2v.errors import CheckpointError
 from w2v.nn.model import Model
 
 _NUM = re.compile(r"(?<=\.)\d+(?=\.|$)")

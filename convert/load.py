@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 from w2v.convert import checkpoint
-from w2v.convert.checkpoint import Checkpoint, CheckpointError
+from w2v.convert.checkpoint import Checkpoint
 from w2v.convert.fairseq import read_fairseq
 from w2v.convert.hf import read_hf
+
+from w2v.errors import CheckpointError
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

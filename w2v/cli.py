@@ -26,7 +26,7 @@ def _convert(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"w2v convert: error: cannot write {args.dst}: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out} ({ckpt.family}, {ckpt.config.num_layers} layers)", file=sys.stderr)
+    print(f"wrote {out} ({ckpt.info.family}, {ckpt.config.num_layers} layers)", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+SAMPLE_RATE = 16000
+"""Samples per second of every model's input (the checkpoints were trained on 16 kHz audio)."""
+
 CONV_NORMS = ("group", "layer")
 POS_CONVS = ("weight_norm", "batch_norm", "stack")
 
@@ -127,6 +130,29 @@ def _config_files() -> dict[str, Any]:
         for f in root.iterdir()
         if f.name.endswith(".json") and f.is_file()
     }
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says beyond the architecture; the model carries it as ``model.info``.
+
+    * ``family``: "wav2vec2", "hubert", "data2vec-audio" or "wavlm".
+    * ``normalize``: whether inputs should be normalised per utterance to zero mean
+      and unit variance before the model (HF ``do_normalize``, fairseq
+      ``task.normalize``); the model itself does not do it.
+    * ``vocab``: the CTC head's output symbols in order, when known.
+    * ``source``: where the weights came from (a path, a hub id, a description).
+    """
+
+    family: str = "wav2vec2"
+    normalize: bool = False
+    vocab: tuple[str, ...] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalize", bool(self.normalize))
+        if self.vocab is not None:
+            object.__setattr__(self, "vocab", tuple(str(s) for s in self.vocab))
 
 
 def config_names() -> list[str]:

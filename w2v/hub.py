@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from w2v.convert import checkpoint
-from w2v.convert.checkpoint import CheckpointError
 from w2v.convert.load import read_checkpoint
+from w2v.errors import CheckpointError, HubError
 
 ALLOW_PATTERNS = [
     "config.json",
@@ -28,11 +28,7 @@ ALLOW_PATTERNS = [
     "pytorch_model.bin*",
 ]
 
-_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-class HubError(CheckpointError):
-    """A hub id that cannot be resolved: not installed, offline, not found, or not convertible."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -55,7 +51,7 @@ def resolve_hub(model_id: str, cache_dir: str | os.PathLike | None = None) -> Pa
     Raises :class:`HubError` with what to do when ``huggingface_hub`` is
     missing, the download fails (offline, unknown id), or conversion fails.
     """
-    if not _ID.match(model_id):
+    if not HUB_ID.match(model_id):
         raise HubError(
             f"{model_id!r} is neither an existing path nor a hub id of the form org/name"
         )
@@ -92,7 +88,7 @@ def _convert(snapshot: Path, model_id: str, target: Path) -> Path:
         ckpt = read_checkpoint(snapshot)
     except CheckpointError as e:
         raise HubError(f"cannot convert {model_id!r} downloaded from the hub: {e}") from None
-    ckpt.source = model_id
+    ckpt = ckpt.with_source(model_id)
     # convert into a sibling, then rename: a killed or concurrent conversion never
     # leaves a half-written cache entry under the final name
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -12,11 +11,9 @@ from torch import nn
 
 from w2v.config import Config
 from w2v.convert.load import read_checkpoint
-from w2v.hub import resolve_hub
+from w2v.hub import HUB_ID, resolve_hub
 from w2v.nn.model import Model
 from w2v.nn.norm import GroupNorm, LayerNorm
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model:
@@ -31,13 +28,10 @@ def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model
 def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None) -> Model:
     """Build the model for a :class:`w2v.convert.checkpoint.Checkpoint` and load its weights strictly."""
     with torch.device("meta"):
-        model = Model(ckpt.config)
+        model = Model(ckpt.config, ckpt.info)
     # weights stored in half precision load as float32 unless a dtype is asked for
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    model.normalize = ckpt.normalize
-    model.vocab = ckpt.vocab
-    model.family = ckpt.family
     model.eval()
     return to(model, device=device, dtype=dtype)
 
@@ -75,7 +69,7 @@ def load(
     Notices about dropped heads are emitted as :class:`UserWarning`.
     """
     p = Path(path)
-    if not p.exists() and isinstance(path, str) and _HUB_ID.match(path):
+    if not p.exists() and isinstance(path, str) and HUB_ID.match(path):
         p = resolve_hub(path)
     ckpt = read_checkpoint(p)
     for notice in ckpt.notices:

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from w2v.config import num_frames
+from w2v.config import SAMPLE_RATE, num_frames
 
 # Inputs longer than this are chunked automatically by `w2v embed` and `w2v.embed`.
 AUTO_CHUNK_SECONDS = 120.0
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_CONTEXT_SECONDS = 5.0
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def iter_chunks(
     if total == 0:
         raise ValueError(
             f"input has {waveform.shape[0]} samples; the model needs at least {field} "
-            f"({field / 16:.0f} ms at 16 kHz)"
+            f"({field / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
         )
     frames_per_second = SAMPLE_RATE / hop
     chunk = round(chunk_seconds * frames_per_second)

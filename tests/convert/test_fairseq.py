@@ -143,19 +143,19 @@ def test_config_and_metadata(name):
     _, meta = _refs(name)
     expected = Config(**{**TINY, **EXPECTED[name]})
     assert ckpt.config == expected
-    assert ckpt.family == meta["family"]
-    assert ckpt.normalize is meta["normalize"]
-    assert ckpt.vocab == meta.get("vocab")
+    assert ckpt.info.family == meta["family"]
+    assert ckpt.info.normalize is meta["normalize"]
+    assert ckpt.metadata()["vocab"] == meta.get("vocab")
 
 
 def test_ctc_vocab_is_the_target_dictionary():
     ckpt = read_fairseq(FIXTURES / "wav2vec2_ctc.pt")
     # fairseq Dictionary: <s> (the CTC blank), <pad>, </s>, <unk>, then the letters
-    assert ckpt.vocab == ["<s>", "<pad>", "</s>", "<unk>", "|", "E", "T", "A", "O"]
-    assert ckpt.config.vocab_size == len(ckpt.vocab)
+    assert list(ckpt.info.vocab) == ["<s>", "<pad>", "</s>", "<unk>", "|", "E", "T", "A", "O"]
+    assert ckpt.config.vocab_size == len(ckpt.info.vocab)
     assert "lm_head.weight" in ckpt.state_dict
     # the legacy checkpoint carries no task_state, so no vocabulary
-    assert read_fairseq(FIXTURES / "wav2vec2_ctc_legacy.pt").vocab is None
+    assert read_fairseq(FIXTURES / "wav2vec2_ctc_legacy.pt").info.vocab is None
 
 
 def test_pretraining_heads_are_dropped_with_a_notice():

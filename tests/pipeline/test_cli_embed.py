@@ -20,9 +20,10 @@ from w2v.convert.checkpoint import Checkpoint, save
 
 import w2v
 from tests.helpers import REPO, TINY_W2V
+from w2v.atomic import TMP_SUFFIX
 from w2v.cli import main
 from w2v.config import Config
-from w2v.pipeline.outputs import MANIFEST, TMP_SUFFIX, read_manifest
+from w2v.pipeline.outputs import MANIFEST, read_manifest
 from w2v.pipeline.run import embed
 
 TINY = Config(**TINY_W2V)

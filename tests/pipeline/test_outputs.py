@@ -1,4 +1,4 @@
-"""Writers, atomic writes, and the manifest (torn lines, dedupe, compaction, resume rule)."""
+"""Writers and the manifest (torn lines, dedupe, compaction, resume rule)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from safetensors.numpy import load_file
 
 from w2v.pipeline.outputs import (
     MANIFEST,
-    TMP_SUFFIX,
     ManifestWriter,
-    atomic_write,
     compact_manifest,
     is_done,
     output_name,
     read_manifest,
     read_output,
-    remove_stale_temporaries,
     write_output,
 )
 
@@ -42,27 +39,6 @@ def test_npy_and_safetensors_round_trip(tmp_path):
     np.testing.assert_array_equal(read_output(q), arr)
     with pytest.raises(ValueError, match="layers"):
         write_output(tmp_path / "x.npy", arr, [0, 1], "none", "npy")
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "a.npy"
-    target.write_bytes(b"old")
-
-    def boom(f):
-        f.write(b"partial")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, boom)
-    assert target.read_bytes() == b"old"
-    assert list(tmp_path.iterdir()) == [target]  # no temporary left behind
-
-
-def test_stale_temporaries_are_removed(tmp_path):
-    (tmp_path / f".a.npy.xyz{TMP_SUFFIX}").write_bytes(b"x")
-    (tmp_path / "keep.npy").write_bytes(b"x")
-    assert remove_stale_temporaries([tmp_path, tmp_path / "missing"]) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.npy"]
 
 
 def _entry(path, status="ok", output=None, **kw):

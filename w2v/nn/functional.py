@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
+def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(batch, frames)`` bool, True on each item's first ``lengths[b]`` frames (its valid
+    frames; the rest is padding)."""
+    return torch.arange(frames, device=lengths.device) < lengths[:, None]
+
+
 def records_grad(x: torch.Tensor) -> bool:
     """Whether autograd is recording an op that takes ``x``."""
     return x.requires_grad and torch.is_grad_enabled()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from w2v.config import Config
+from w2v.config import SAMPLE_RATE, CheckpointInfo, Config
 from w2v.nn.encoder import Encoder
 from w2v.nn.feature_encoder import FeatureEncoder
+from w2v.nn.functional import frame_mask
 from w2v.nn.norm import LayerNorm
 
 
@@ -38,23 +40,40 @@ class Model(nn.Module):
     ``hidden_states[k]``). ``forward`` returns the model output, which for
     pre-LN models is the encoder LayerNorm of layer N's output.
 
-    Attributes set by the loader (checkpoint metadata, not architecture):
-    ``normalize`` (inputs want per-utterance zero mean / unit variance),
-    ``vocab`` (CTC symbols, when known), ``family``.
+    ``info`` (:class:`~w2v.config.CheckpointInfo`) is what the checkpoint says beyond
+    the architecture; ``normalize``, ``vocab`` and ``family`` read it.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, info: CheckpointInfo | None = None):
         super().__init__()
         self.config = config
+        self.info = info or CheckpointInfo()
         self.feature_extractor = FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
         self.encoder = Encoder(config)
         self.lm_head = (
             nn.Linear(config.hidden_size, config.vocab_size) if config.vocab_size else None
         )
-        self.normalize = False
-        self.vocab: list[str] | None = None
-        self.family = "wav2vec2"
+
+    # ------------------------------------------------------------------ checkpoint info
+    @property
+    def normalize(self) -> bool:
+        """Whether inputs should be normalised per utterance (zero mean, unit variance)."""
+        return self.info.normalize
+
+    @normalize.setter
+    def normalize(self, value: bool) -> None:
+        # for checkpoints that do not say (no preprocessor_config.json)
+        self.info = dataclasses.replace(self.info, normalize=bool(value))
+
+    @property
+    def vocab(self) -> list[str] | None:
+        """The CTC head's output symbols, when the checkpoint names them."""
+        return None if self.info.vocab is None else list(self.info.vocab)
+
+    @property
+    def family(self) -> str:
+        return self.info.family
 
     # ------------------------------------------------------------------ inputs
     def _check_input(
@@ -72,7 +91,7 @@ class Model(nn.Module):
         if waveforms.shape[-1] < minimum:
             raise ValueError(
                 f"input has {waveforms.shape[-1]} samples; the model needs at least {minimum} "
-                f"({minimum / 16:.0f} ms at 16 kHz)"
+                f"({minimum / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
             )
         if lengths is None:
             return waveforms, None
@@ -88,7 +107,7 @@ class Model(nn.Module):
             if short:
                 raise ValueError(
                     f"batch items {short} are shorter than {minimum} samples, the minimum input "
-                    f"({minimum / 16:.0f} ms at 16 kHz)"
+                    f"({minimum / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
                 )
             if bool((lengths > waveforms.shape[-1]).any()):
                 raise ValueError(
@@ -105,7 +124,7 @@ class Model(nn.Module):
         x = self.feature_projection(feats)  # (B, T, D)
         valid = key_mask = None
         if frame_lengths is not None:
-            valid = torch.arange(x.shape[1], device=x.device) < frame_lengths[:, None]  # (B, T)
+            valid = frame_mask(frame_lengths, x.shape[1])  # (B, T)
             key_mask = valid[:, None, None, :]
         x = self.encoder.embed(x, valid, exact)
         return x, frame_lengths, key_mask

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2v.nn.functional import frame_mask
+
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
@@ -17,8 +19,7 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def valid_frames(frames: int, lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T, 1) mask in ``dtype``: 1 on each item's first ``lengths[b]`` frames, else 0."""
-    valid = torch.arange(frames, device=lengths.device) < lengths[:, None]  # (B, T)
-    return valid.to(dtype)[..., None]
+    return frame_mask(lengths, frames).to(dtype)[..., None]
 
 
 class LayerNorm(nn.LayerNorm):

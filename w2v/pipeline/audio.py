@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-"""Rate every model of the family expects."""
+from w2v.config import SAMPLE_RATE
+from w2v.errors import AudioError, one_line
 
 MIN_SAMPLES = 400
 """Shortest input at 16 kHz: the conv encoder's receptive field (one 25 ms frame)."""
@@ -44,10 +44,6 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"}
 )
 """Extensions (lower case) taken as audio when searching directories."""
-
-
-class AudioError(ValueError):
-    """One input cannot be used; the message is a single line saying why."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +206,7 @@ def _check_file(p: Path) -> None:
 
 def _reason(e: BaseException) -> str:
     """One line from an exception, without the file name libsndfile repeats."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = one_line(e)
     if text.startswith("Error opening '") and "': " in text:
         text = text.split("': ", 1)[1]
     return text

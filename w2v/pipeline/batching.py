@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from w2v.pipeline.audio import SAMPLE_RATE
+from w2v.config import SAMPLE_RATE
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from w2v.atomic import atomic_write_file
+
 FORMATS = {"npy": ".npy", "safetensors": ".safetensors"}
 MANIFEST = "manifest.jsonl"
-TMP_SUFFIX = ".w2vtmp"
 
 ENTRY_FIELDS = (
     "path",  # the input file, absolute
@@ -72,43 +71,6 @@ def output_name(key: str, fmt: str) -> str:
     return key + FORMATS[check_format(fmt)]
 
 
-# Atomic writes ---------------------------------------------------------------
-
-
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True
-) -> Path:
-    """Write ``path`` via ``write(fileobj)`` into a temporary sibling, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(
-            fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})
-        ) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_stale_temporaries(directories: Iterable[Path]) -> int:
-    """Delete temporary files a killed run left in ``directories``; returns how many."""
-    removed = 0
-    for d in directories:
-        if not d.is_dir():
-            continue
-        for p in d.glob(f".*{TMP_SUFFIX}"):
-            try:
-                p.unlink()
-                removed += 1
-            except OSError:
-                pass
-    return removed
-
-
 def write_output(
     path: str | os.PathLike, array: np.ndarray, layers: list[int], pool: str, fmt: str
 ) -> Path:
@@ -118,12 +80,12 @@ def write_output(
     if array.shape[0] != len(layers):
         raise ValueError(f"array has {array.shape[0]} layers, expected {len(layers)}")
     if fmt == "npy":
-        return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+        return atomic_write_file(path, lambda f: np.save(f, array, allow_pickle=False))
     from safetensors.numpy import save
 
     tensors = {str(layer): np.ascontiguousarray(array[i]) for i, layer in enumerate(layers)}
     blob = save(tensors, metadata={"layers": json.dumps(layers), "pool": pool})
-    return atomic_write(path, lambda f: f.write(blob))
+    return atomic_write_file(path, lambda f: f.write(blob))
 
 
 def read_output(path: str | os.PathLike) -> np.ndarray:
@@ -239,4 +201,4 @@ def compact_manifest(out_dir: str | os.PathLike) -> Path:
     """Rewrite ``DIR/manifest.jsonl`` atomically with exactly one line per input."""
     entries = read_manifest(out_dir)
     text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries.values())
-    return atomic_write(Path(out_dir) / MANIFEST, lambda f: f.write(text), binary=False)
+    return atomic_write_file(Path(out_dir) / MANIFEST, lambda f: f.write(text), binary=False)

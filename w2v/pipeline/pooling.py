@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from w2v.nn.functional import frame_mask
+
 POOLS = ("mean", "stats", "none")
 
 
@@ -30,11 +32,6 @@ def check_pool(pool: str) -> str:
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
     return pool
-
-
-def frame_mask(frame_lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """``(batch, frames)`` bool, True at valid frames."""
-    return torch.arange(frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
 
 
 def masked_mean(states: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:

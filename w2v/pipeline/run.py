@@ -40,10 +40,13 @@ import numpy as np
 import torch
 
 from w2v import allocator
+from w2v.atomic import remove_stale_temporaries
+from w2v.config import SAMPLE_RATE
+from w2v.errors import AudioError, UsageError, one_line
 from w2v.loading import load, parse_dtype, to
 from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy, iter_chunks
 from w2v.pipeline import audio
-from w2v.pipeline.audio import SAMPLE_RATE, AudioError, AudioInfo
+from w2v.pipeline.audio import AudioInfo
 from w2v.pipeline.batching import default_workers, pad, parallel_map, plan_batches, prefetch
 from w2v.pipeline.outputs import (
     ManifestWriter,
@@ -51,7 +54,6 @@ from w2v.pipeline.outputs import (
     is_done,
     output_name,
     read_manifest,
-    remove_stale_temporaries,
     write_output,
 )
 from w2v.pipeline.pooling import RunningPool, check_pool, pool_layers
@@ -77,10 +79,6 @@ _PROBE_WORKERS = 8
 """Threads reading headers before the run (I/O bound, the model is idle then)."""
 
 LayerSpec = str | int | Sequence[int] | None
-
-
-class UsageError(ValueError):
-    """Bad arguments: no inputs, colliding outputs, an unknown model, a layer out of range."""
 
 
 # Layers --------------------------------------------------------------------------
@@ -185,7 +183,7 @@ def _read_list(list_file: Path) -> list[Input]:
     try:
         text = list_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read list file {list_file}: {audio._reason(e)}") from None
+        raise UsageError(f"cannot read list file {list_file}: {one_line(e)}") from None
     base = list_file.parent
     out = []
     for raw in text.splitlines():
@@ -293,7 +291,7 @@ def load_model(
     try:
         return load(model, device=device or default_device(), dtype=dtype, compile=compile)
     except (ValueError, OSError, ImportError) as e:
-        raise UsageError(f"cannot load model {os.fspath(model)!r}: {audio._reason(e)}") from None
+        raise UsageError(f"cannot load model {os.fspath(model)!r}: {one_line(e)}") from None
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -301,7 +299,7 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise UsageError(f"invalid device {str(device)!r}: {audio._reason(e)}") from None
+        raise UsageError(f"invalid device {str(device)!r}: {one_line(e)}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -319,7 +317,7 @@ def smoke_test(model: torch.nn.Module, layers: list[int], pool: str) -> None:
         device, dtype = _input_dtype(model)
         raise UsageError(
             f"the model cannot run on {device} in {str(dtype).removeprefix('torch.')}: "
-            f"{audio._reason(e)}"
+            f"{one_line(e)}"
         ) from None
 
 
@@ -418,7 +416,7 @@ def _model_error(e: Exception) -> Exception:
             "out of memory running the model on this input; lower --batch-seconds "
             "or use a smaller --dtype"
         )
-    return RuntimeError(f"model failed: {audio._reason(e)}")
+    return RuntimeError(f"model failed: {one_line(e)}")
 
 
 def _free_memory() -> None:
@@ -645,7 +643,7 @@ def embed(
             for i, res, _ in stream:
                 if isinstance(res, Exception):
                     what = str(sources[i].path) if sources[i].path is not None else f"input {i}"
-                    raise AudioError(f"{what}: {audio._reason(res)}") from None
+                    raise AudioError(f"{what}: {one_line(res)}") from None
                 results[i] = res[0]
         finally:
             stream.close()
@@ -740,7 +738,7 @@ def embed_files(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create output directory {out}: {audio._reason(e)}") from None
+        raise UsageError(f"cannot create output directory {out}: {one_line(e)}") from None
     if not out.is_dir():
         raise UsageError(f"output {out} is not a directory")
     loaded = load_model(model, device=device, dtype=dtype, compile=compile)
@@ -770,7 +768,7 @@ def embed_files(
     try:
         writer = ManifestWriter(out)
     except OSError as e:
-        raise UsageError(f"cannot write {out}: {audio._reason(e)}") from None
+        raise UsageError(f"cannot write {out}: {one_line(e)}") from None
     try:
         infos = parallel_map(_probe, todo, _PROBE_WORKERS)  # the model is idle meanwhile
 
@@ -793,9 +791,9 @@ def embed_files(
                     write_output(out / name, array, layer_idx, pool, fmt)
                     entry.update(output=name, frames=int(frames))
                 except OSError as e:
-                    result = AudioError(f"cannot write {out / name}: {audio._reason(e)}")
+                    result = AudioError(f"cannot write {out / name}: {one_line(e)}")
             if isinstance(result, Exception):
-                entry.update(status="error", error=f"{item.path}: {audio._reason(result)}")
+                entry.update(status="error", error=f"{item.path}: {one_line(result)}")
                 summary.failed += 1
                 summary.errors.append((str(item.path), entry["error"]))
             else:
