@@ -29,10 +29,10 @@ corpus' forward-pass FLOPs in fp32 (as w2v computes them) over the machine's mea
 fp32 matmul peak, the least time any exact fp32 pipeline could spend in the model,
 and so the most it could gain over the first side on this machine.
 
-    python bench/bench_embed.py                              # 200 files, 1-30 s, base
-    python bench/bench_embed.py --files 40 --max-seconds 10  # a quick look
-    python bench/bench_embed.py --sides transformers transformers-tuned w2v:float32 w2v:bfloat16
-    python bench/bench_embed.py --size large --out bench/RESULTS.md
+    python -m bench.bench_embed                              # 200 files, 1-30 s, base
+    python -m bench.bench_embed --files 40 --max-seconds 10  # a quick look
+    python -m bench.bench_embed --sides transformers transformers-tuned w2v:float32 w2v:bfloat16
+    python -m bench.bench_embed --size large --out bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, machine_description, matmul_peak, median, model_flops  # noqa: E402
+from bench.common import SIZES, machine_description, matmul_peak, median, model_flops
 
 RATES = (8000, 16000, 22050, 44100, 48000)
 
@@ -181,7 +180,7 @@ def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -
         if args.workers:
             cmd += ["--workers", str(args.workers)]
         return cmd
-    cmd = [sys.executable, __file__, "--side", side, "--list", str(list_file)]
+    cmd = [sys.executable, "-m", "bench.bench_embed", "--side", side, "--list", str(list_file)]
     cmd += ["--model-dir", str(model_dir), "--side-out", str(out), "--layers", args.layers]
     return cmd + ["--device", args.device]
 

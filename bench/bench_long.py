@@ -5,8 +5,8 @@ its own. The model is a random-init wav2vec2-base; the input is noise held in
 memory (a 1-hour float32 input is 230 MB of it); per-layer features are
 mean-pooled as they stream out, as `w2v embed --pool mean` does.
 
-    python bench/bench_long.py                 # 10 and 60 minutes
-    python bench/bench_long.py --minutes 2 12  # a quicker look
+    python -m bench.bench_long                 # 10 and 60 minutes
+    python -m bench.bench_long --minutes 2 12  # a quicker look
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def main() -> None:
     for minutes in args.minutes:
         cmd = [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.bench_long",
             "--case",
             str(minutes),
             "--chunk-seconds",

@@ -7,10 +7,10 @@ of this machine's measured matmul peak that w2v achieves (counting the FLOPs w2v
 performs: in fp32 on a CPU its kernel-3 / stride-2 convs use F(3, 2), 7/9 of the
 direct products).
 
-    python bench/bench_speed.py                       # the full matrix (long on 2 CPU cores)
-    python bench/bench_speed.py --sizes base --seconds 10 --batches 1 --reps 2
-    python bench/bench_speed.py --device cuda         # the same on a GPU
-    python bench/bench_speed.py --out bench/RESULTS.md
+    python -m bench.bench_speed                       # the full matrix (long on 2 CPU cores)
+    python -m bench.bench_speed --sizes base --seconds 10 --batches 1 --reps 2
+    python -m bench.bench_speed --device cuda         # the same on a GPU
+    python -m bench.bench_speed --out bench/RESULTS.md
 
 transformers runs with attn_implementation="sdpa"; its bf16 runs use
 torch.autocast(bfloat16) on fp32 weights, w2v's bf16 runs a bf16 model whose
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+import w2v
+from bench.common import (
     SIZES,
     machine_description,
     matmul_peak,
@@ -38,8 +38,6 @@ from common import (  # noqa: E402
     model_flops,
     timed,
 )
-
-import w2v  # noqa: E402
 
 
 def build(size: str, workdir: Path):

@@ -5,25 +5,22 @@ transformers' conv stack), the feature projection plus positional conv, and the
 transformer layers. Each stage's input is computed once; the stage then runs
 ``--reps`` times, alternating with its counterpart, and the median is reported.
 
-    python bench/bench_stages.py                                   # base, fp32, CPU
-    python bench/bench_stages.py --device cuda --dtype bf16 --batch 8 --seconds 10
+    python -m bench.bench_stages                                   # base, fp32, CPU
+    python -m bench.bench_stages --device cuda --dtype bf16 --batch 8 --seconds 10
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import build  # noqa: E402
-from common import machine_description, median, sync  # noqa: E402
-
-import w2v  # noqa: E402
+import w2v
+from bench.bench_speed import build
+from bench.common import machine_description, median, sync
 
 
 def time_stages(stages: dict[str, callable], reps: int, device: str) -> dict[str, float]:

@@ -8,7 +8,7 @@ The numbers behind w2v's choice of kernel per device and dtype (see bench/RESULT
 * the grouped positional convolution (kernel 128, 16 groups) in bf16, fp16
   and fp32, with and without TF32 and ``cudnn.benchmark``.
 
-    python bench/gpu_variants.py --batch 8 --seconds 10
+    python -m bench.gpu_variants --batch 8 --seconds 10
 """
 
 from __future__ import annotations
