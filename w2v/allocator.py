@@ -1,14 +1,13 @@
 """How glibc malloc treats the large, short-lived blocks of a forward pass (CPU only).
 
-Activations are megabytes to hundreds of MB. glibc serves a block above its
-mmap threshold from ``mmap`` and unmaps it on free; every later block of that
-size then arrives as fresh pages, each costing a page fault (about 0.2 ms per
-MB on the 2-core VM of bench/RESULTS.md). Each such free also raises the
-threshold (up to 32 MiB), so that smaller blocks come from the heap. Heap
-memory is reused without faults, but freed heap memory in the middle is never
-given back: over a stream of differently sized batches the heap fragments and
-resident memory keeps growing. wav2vec2-base fp32, 300 calls of batch 2 with
-150 different lengths (2-3.5 s): 1.0 → 5.4 GiB with glibc's defaults.
+Activations are megabytes to hundreds of megabytes. glibc serves a block above
+its mmap threshold from ``mmap`` and unmaps it on free, so every later block of
+that size arrives as fresh pages, each costing a page fault; each such free also
+raises the threshold (up to 32 MiB), so that smaller blocks come from the heap.
+Heap memory is reused without faults, but freed heap memory in the middle is
+never given back: over a stream of differently sized batches the heap fragments
+and resident memory keeps growing. The measurements behind the modes below are in
+``bench/RESULTS.md`` (section "Allocator").
 
 Two modes, both process-wide, glibc only (a no-op elsewhere):
 
@@ -16,14 +15,11 @@ Two modes, both process-wide, glibc only (a no-op elsewhere):
   32 MiB (glibc's own ceiling), so blocks below it are reused from the heap
   from the first call on, and :func:`release_memory` after each batch gives
   freed heap memory back (``malloc_trim``); resident memory between batches
-  follows the live tensors. Against a 1 MiB threshold (every block above
-  1 MiB mapped fresh: this mode before), 40 batches of 1-30 s, ~30 s each,
-  took 114-120 s instead of 126-134 s, with the same resident memory
-  (0.61 GiB between batches, 0.93-0.97 GiB peak).
+  follows the live tensors. (A lower threshold maps every activation afresh and
+  is slower for the same resident memory.)
 * ``"reuse"``: thresholds of 1 GiB, so freed blocks stay in the heap and are
   reused without page faults, and nothing is given back: resident memory stays
-  at its high-water mark and mixed sizes fragment it (a one-file-at-a-time
-  transformers loop over 1-30 s files grew to 6.1 GiB resident).
+  at its high-water mark and mixed sizes fragment it.
 
 ``w2v embed`` reads ``W2V_ALLOCATOR`` (``bounded``, the default; ``reuse``;
 ``glibc`` to leave malloc alone). A library user running many differently
