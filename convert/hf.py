@@ -1,17 +1,17 @@
-"""Hugging Face ``transformers`` checkpoints (any head class) → w2v, without transformers."""
+"""Hugging Face ``transformers`` checkpoints (any head class) → w2v, without transformers.
+
+Pure functions of a ``config.json`` dict and a state dict; reading a model
+directory is :mod:`w2v.convert.hf_dir`.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-from w2v.convert.checkpoint import Checkpoint
-from w2v.convert.keys import check_against, expected_state, rename
+from w2v.convert.keys import Table, convert
 
-from w2v.config import SAMPLE_RATE, CheckpointInfo, Config
-from w2v.errors import CheckpointError, one_line
+from w2v.config import Config
 
 # model_type → (family, backbone prefix in head models)
 MODEL_TYPES = {
@@ -68,10 +68,7 @@ BACKBONE_KEYS = {
     "encoder.layers.{}.feed_forward.output_dense.bias": "encoder.layers.{}.feed_forward.output_dense.bias",
     "encoder.layers.{}.final_layer_norm.weight": "encoder.layers.{}.final_layer_norm.weight",
     "encoder.layers.{}.final_layer_norm.bias": "encoder.layers.{}.final_layer_norm.bias",
-}
-
-# WavLM: layer 0 alone owns the bucket embedding; w2v keeps it on the encoder.
-BACKBONE_EXACT = {
+    # WavLM: layer 0 alone owns the bucket embedding; w2v keeps it on the encoder.
     "encoder.layers.0.attention.rel_attn_embed.weight": "encoder.rel_attn_embed.weight",
 }
 
@@ -106,6 +103,14 @@ HEAD_IGNORED = {
     "project_q.weight": "pretraining projection",
     "project_q.bias": "pretraining projection",
 }
+
+BACKBONE = Table(BACKBONE_KEYS, BACKBONE_IGNORED)
+HEADS = Table(HEAD_KEYS, HEAD_IGNORED)
+# without a CTC config (vocab_size) the CTC head is dropped like the others
+_NO_CTC = "CTC head, not kept: the config has no vocab_size"
+HEADS_WITHOUT_CTC = Table(
+    ignored={**HEAD_IGNORED, "lm_head.weight": _NO_CTC, "lm_head.bias": _NO_CTC}
+)
 
 # HF defaults for fields a config.json may omit
 _DEFAULTS: dict[str, Any] = {
@@ -199,155 +204,16 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
 def convert_hf_state_dict(
     state: dict[str, torch.Tensor], config: Config, family: str, source: str = "checkpoint"
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """HF state dict (base or head model) → (w2v state dict, dropped head keys)."""
+    """HF state dict (base or head model) → (w2v state dict, dropped head keys).
+
+    A head model keeps the backbone under a prefix (``wav2vec2.``); its other
+    keys are heads, and the ones dropped are returned for the notice.
+    """
     prefix = next(p for f, p in MODEL_TYPES.values() if f == family)
     if any(k.startswith(prefix) for k in state):
-        backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        heads = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        heads = HEADS if config.vocab_size is not None else HEADS_WITHOUT_CTC
+        table = BACKBONE.prefixed(prefix) | heads
     else:
-        backbone, heads = state, {}
-    out, dropped = rename(backbone, BACKBONE_KEYS, BACKBONE_IGNORED, source, BACKBONE_EXACT)
-    head_out, head_dropped = rename(heads, HEAD_KEYS, HEAD_IGNORED, source)
-    if config.vocab_size is None:
-        head_dropped += sorted(head_out)
-        head_out = {}
-    out.update(head_out)
-    check_against(out, expected_state(config), source)
-    return out, head_dropped
-
-
-def read_hf(path: str | Path) -> Checkpoint:
-    """Read a Hugging Face model directory (``save_pretrained`` output or a hub snapshot)."""
-    d = Path(path)
-    cfg_path = d / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object")
-    architectures = cfg.get("architectures") or []
-    state = read_hf_weights(d)
-    ctc = any(a.endswith("ForCTC") for a in architectures) or "lm_head.weight" in state
-    try:
-        config, family = config_from_hf(cfg, ctc=ctc)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
-    weights, dropped = convert_hf_state_dict(state, config, family, source=str(d))
-    notices = []
-    if dropped:
-        heads = sorted({k.split(".")[0] for k in dropped})
-        notices.append(
-            f"{d}: kept the {family} encoder; dropped {len(dropped)} weights of "
-            f"{', '.join(heads)} not used for feature extraction"
-        )
-    normalize, pre_notice = _read_normalize(d)
-    if pre_notice:
-        notices.append(pre_notice)
-    return Checkpoint(
-        config=config,
-        state_dict=weights,
-        info=CheckpointInfo(
-            family=family,
-            normalize=normalize,
-            vocab=_read_vocab(d, config.vocab_size),
-            source=f"transformers {architectures[0] if architectures else cfg['model_type']} from {d}",
-        ),
-        notices=tuple(notices),
-    )
-
-
-def read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
-    """Weights from model.safetensors, sharded safetensors, or pytorch_model.bin (weights_only)."""
-    candidates = [
-        (d / "model.safetensors", _load_safetensors),
-        (d / "model.safetensors.index.json", _load_sharded),
-        (d / "pytorch_model.bin", _load_bin),
-        (d / "pytorch_model.bin.index.json", _load_sharded),
-    ]
-    for file, loader in candidates:
-        if file.is_file():
-            return loader(file)
-    raise CheckpointError(
-        f"{d}: no weights found (expected model.safetensors, model.safetensors.index.json "
-        "or pytorch_model.bin)"
-    )
-
-
-def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file}: cannot read weights ({one_line(e)})") from None
-
-
-def _load_bin(file: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{file}: cannot read weights ({one_line(e)})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{file}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
-def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: cannot read shard index ({one_line(e)})") from None
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        file = index.parent / shard
-        if not file.is_file():
-            raise CheckpointError(f"{index}: shard {shard} is missing")
-        loader = _load_safetensors if shard.endswith(".safetensors") else _load_bin
-        state.update(loader(file))
-    missing = sorted(set(weight_map) - set(state))
-    if missing:
-        raise CheckpointError(
-            f"{index}: keys listed in the index are absent from the shards: {', '.join(missing[:5])}"
-        )
-    return state
-
-
-def _read_normalize(d: Path) -> tuple[bool, str | None]:
-    pre = d / "preprocessor_config.json"
-    if not pre.is_file():
-        return False, (
-            f"{d}: no preprocessor_config.json; input normalisation is off "
-            "(add the file, or set model.normalize, if the model was trained with it)"
-        )
-    try:
-        data = json.loads(pre.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{pre}: cannot read ({one_line(e)})") from None
-    rate = data.get("sampling_rate", SAMPLE_RATE)
-    if rate != SAMPLE_RATE:
-        raise CheckpointError(
-            f"{pre}: sampling_rate {rate} is not supported (w2v models take 16 kHz)"
-        )
-    return bool(data.get("do_normalize", True)), None
-
-
-def _read_vocab(d: Path, vocab_size: int | None) -> list[str] | None:
-    """CTC symbols from the tokenizer's vocab.json, ordered by id, when present and complete."""
-    file = d / "vocab.json"
-    if vocab_size is None or not file.is_file():
-        return None
-    try:
-        vocab = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(vocab, dict) and vocab and all(isinstance(v, dict) for v in vocab.values()):
-        vocab = next(iter(vocab.values()))  # multilingual tokenizers nest one vocab per language
-    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
-        return None
-    if len(vocab) != vocab_size:
-        return None
-    return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        table, prefix = BACKBONE, ""
+    out, dropped = convert(state, table, config, source)
+    return out, [k for k in dropped if not k.startswith(prefix)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from w2v.convert import checkpoint
 from w2v.convert.checkpoint import Checkpoint
-from w2v.convert.fairseq import read_fairseq
-from w2v.convert.hf import read_hf
+from w2v.convert.fairseq_file import read_fairseq
+from w2v.convert.hf_dir import read_hf
 
 from w2v.errors import CheckpointError
 

@@ -22,9 +22,11 @@ from w2v.convert.checkpoint import CheckpointError
 from w2v.convert.fairseq import (
     config_from_fairseq,
     convert_fairseq_state_dict,
+    key_table,
     parse_conv_layers,
-    read_fairseq,
 )
+from w2v.convert.fairseq_file import read_fairseq
+from w2v.convert.keys import expected_state
 
 import w2v
 from tests.helpers import FAIRSEQ_FIXTURES as FIXTURES
@@ -304,22 +306,40 @@ def test_identity_projection_when_fairseq_has_none():
     torch.testing.assert_close(out["feature_projection.projection.weight"], torch.eye(8))
 
 
-def _fake_fairseq_state(config: Config) -> dict[str, torch.Tensor]:
-    from w2v.convert.fairseq import _template_regex, key_table
-    from w2v.convert.keys import expected_state
+def test_flattened_weight_g_is_reshaped():
+    ckpt = _plain_checkpoint("wav2vec2_default")
+    config, _ = config_from_fairseq(ckpt["cfg"]["model"])
+    g = ckpt["model"]["encoder.pos_conv.0.weight_g"]
+    flat = {**ckpt["model"], "encoder.pos_conv.0.weight_g": g.flatten()}
+    out, _ = convert_fairseq_state_dict(flat, config)
+    assert torch.equal(out["encoder.pos_conv_embed.conv.weight_g"], g)
 
-    reverse = {}
-    for src, dst in key_table(config).items():
-        if "parametrizations" in src:
-            continue
-        reverse[_template_regex(dst)] = src
+
+def test_both_weight_norm_spellings_are_an_error():
+    ckpt = _plain_checkpoint("wav2vec2_default")
+    config, _ = config_from_fairseq(ckpt["cfg"]["model"])
+    g = ckpt["model"]["encoder.pos_conv.0.weight_g"]
+    state = {**ckpt["model"], "encoder.pos_conv.0.parametrizations.weight.original0": g}
+    with pytest.raises(CheckpointError, match="weight_g and .*original0 both give"):
+        convert_fairseq_state_dict(state, config)
+
+
+def test_wavlm_keys_suggest_the_hugging_face_version():
+    ckpt = _plain_checkpoint("wav2vec2_default")
+    config, _ = config_from_fairseq(ckpt["cfg"]["model"])
+    state = {**ckpt["model"], "encoder.layers.0.self_attn.grep_linear.weight": torch.zeros(8, 4)}
+    with pytest.raises(CheckpointError, match=r"grep_linear\.weight \(a WavLM checkpoint\?"):
+        convert_fairseq_state_dict(state, config)
+
+
+def _fake_fairseq_state(config: Config) -> dict[str, torch.Tensor]:
+    table = key_table(config)
     state = {}
     for key, value in expected_state(config).items():
-        for rx, src in reverse.items():
-            m = rx.fullmatch(key)
-            if m:
-                state[src.format(*m.groups())] = torch.zeros(value.shape, dtype=value.dtype)
-                break
+        src = table.source_of(key)  # the first spelling: weight_g, not parametrizations
+        if src is not None:
+            assert "parametrizations" not in src
+            state[src] = torch.zeros(value.shape, dtype=value.dtype)
     return state
 
 
