@@ -61,7 +61,6 @@ def main() -> None:
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=half)
     x = torch.randn(args.batch, int(args.seconds * 16000), device=device) * 0.1
     fe = ours.feature_extractor
-    dtype = ours.feature_projection.projection.weight.dtype
 
     def under_autocast(fn):  # transformers' bf16 runs use autocast; w2v's a bf16 model
         def run():
@@ -90,7 +89,7 @@ def main() -> None:
         pairs = {
             "conv encoder": {
                 "w2v": lambda: fe(x),
-                "w2v conv1d form": lambda: fe._channel_major(x, None, dtype),
+                "w2v conv1d form": lambda: fe.plain(x),
                 "transformers": under_autocast(lambda: ref.feature_extractor(x)),
             },
             "projection + positional conv": {

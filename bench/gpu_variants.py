@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import w2v
+from w2v.nn.fast import layer0, layers
 
 
 def gpu_ms(fn, reps: int) -> float:
@@ -51,28 +52,30 @@ def flags(tf32: bool = True, benchmark: bool = False):
 def conv_encoder_cases(model, x: torch.Tensor, dtype: torch.dtype) -> dict:
     fe = model.feature_extractor
     first, rest = fe.conv_layers[0], fe.conv_layers[1:]
-    x0 = first.forward_waveform(x, None, dtype)
+    x0 = layer0.forward(first.conv, first.layer_norm, x, None, dtype)
     x0_cm = x0.transpose(1, 2).contiguous()
 
     def rest_products():
         y = x0
         for layer in rest:
-            y = layer(y)
+            y = layers.forward(y, layer.conv, layer.layer_norm)
         return y
 
     def rest_conv1d():
         y = x0_cm
         for layer in rest:
-            y = layer.forward_channel_major(y)
+            y = layer(y)
         return y
 
     return {
-        "layer 0, product form": lambda: first.forward_waveform(x, None, dtype),
-        "layer 0, conv1d": lambda: first.forward_channel_major(x[:, None]).to(dtype),
+        "layer 0, product form": lambda: layer0.forward(
+            first.conv, first.layer_norm, x, None, dtype
+        ),
+        "layer 0, conv1d": lambda: first(x[:, None]).to(dtype),
         "layers 1-6, product form": rest_products,
         "layers 1-6, conv1d": rest_conv1d,
         "whole, product form": lambda: fe(x),
-        "whole, conv1d": lambda: fe._channel_major(x, None, dtype),
+        "whole, conv1d": lambda: fe.plain(x),
     }
 
 

@@ -4,7 +4,7 @@ from w2v.allocator import release_memory, tune_allocator
 from w2v.config import Config, config_names, num_frames
 from w2v.loading import from_config, load
 from w2v.longform import hidden_states_long, iter_chunks
-from w2v.pipeline.run import embed
+from w2v.pipeline import embed
 
 __all__ = [
     "Config",

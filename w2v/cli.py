@@ -9,8 +9,18 @@ import sys
 from w2v.allocator import MODES, tune_allocator
 from w2v.convert.checkpoint import CheckpointError, save
 from w2v.convert.load import read_checkpoint
+from w2v.errors import UsageError
+from w2v.loading import DTYPES
 from w2v.longform import AUTO_CHUNK_SECONDS, DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
-from w2v.pipeline.run import UsageError, embed_files, parse_layers
+from w2v.pipeline import embed_files, parse_layers
+from w2v.pipeline.batching import (
+    CPU_BATCH_SECONDS,
+    CPU_CORES_PER_WORKER,
+    GPU_BATCH_SECONDS,
+    GPU_MAX_WORKERS,
+)
+from w2v.pipeline.outputs import FORMATS, MANIFEST
+from w2v.pipeline.pooling import POOLS
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -151,7 +161,7 @@ def _embed(args: argparse.Namespace) -> int:
         return 2
     line = f"w2v embed: {summary.line()}"
     if summary.failed:
-        line += f" (reasons in {summary.out_dir / 'manifest.jsonl'})"
+        line += f" (reasons in {summary.out_dir / MANIFEST})"
     print(line, file=sys.stderr)
     return summary.exit_code
 
@@ -199,23 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pool",
-        choices=("mean", "stats", "none"),
+        choices=POOLS,
         default="mean",
         help="mean over valid frames (default), mean and std concatenated, or none (all frames)",
     )
-    p.add_argument("--format", choices=("npy", "safetensors"), default="npy")
+    p.add_argument("--format", choices=tuple(FORMATS), default="npy")
     p.add_argument(
         "--batch-seconds",
         type=_positive,
         default=None,
         metavar="S",
-        help="padded audio seconds per batch (longest item x batch size; default 30 on a CPU, "
-        "160 on a GPU)",
+        help="padded audio seconds per batch (longest item x batch size; default "
+        f"{CPU_BATCH_SECONDS:g} on a CPU, {GPU_BATCH_SECONDS:g} on a GPU)",
     )
     p.add_argument(
         "--device", default=None, help="torch device (default: cuda if available, else cpu)"
     )
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument(
         "--channel",
         type=int,
@@ -227,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="audio decoding threads (default: 1 per 8 CPU cores with the model on the CPU, up to 4 on a GPU)",
+        help=f"audio decoding threads (default: 1 per {CPU_CORES_PER_WORKER} CPU cores with the "
+        f"model on the CPU, up to {GPU_MAX_WORKERS} on a GPU)",
     )
     p.add_argument(
         "--chunk-seconds",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from w2v.config import Config
 from w2v.convert.load import read_checkpoint
+from w2v.errors import UsageError, one_line
 from w2v.hub import HUB_ID, resolve_hub
 from w2v.nn.model import Model
 from w2v.nn.norm import GroupNorm, LayerNorm
@@ -80,16 +82,68 @@ def load(
     return model.compile() if compile else model
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Compute dtypes by name (the names ``w2v embed --dtype`` offers)."""
+
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def parse_dtype(name: str) -> torch.dtype:
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
+    """``"bfloat16"`` or ``"bf16"`` → ``torch.bfloat16`` and so on; ValueError on other names."""
     try:
-        return names[name]
+        return DTYPES[_DTYPE_ALIASES.get(name, name)]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16") from None
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
+
+
+# For the pipeline: the same, with a UsageError naming what the user gave ----------------
+
+
+def default_device() -> str:
+    """``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; :class:`UsageError` when it is malformed or absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise UsageError(f"invalid device {str(device)!r}: {one_line(e)}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {str(device)!r} asked for, but MPS is not available")
+    return dev
+
+
+def load_model(
+    model: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    compile: bool = False,
+) -> torch.nn.Module:
+    """A model object as is (moved/cast when asked), or anything :func:`load` accepts
+    (on :func:`default_device` unless ``device`` says otherwise); ``compile`` applies
+    :meth:`w2v.nn.model.Model.compile`.
+
+    Raises :class:`UsageError` for an unknown dtype, a device that is malformed or
+    absent, or a model path or hub id that cannot be loaded.
+    """
+    if isinstance(dtype, str):
+        try:
+            dtype = parse_dtype(dtype)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if device is not None:
+        device = check_device(device)
+    if isinstance(model, torch.nn.Module):
+        if device is not None or dtype is not None:
+            model = to(model, device=device, dtype=dtype)
+        model.eval()
+        return model.compile() if compile else model
+    try:
+        return load(model, device=device or default_device(), dtype=dtype, compile=compile)
+    except (ValueError, OSError, ImportError) as e:
+        raise UsageError(f"cannot load model {os.fspath(model)!r}: {one_line(e)}") from None

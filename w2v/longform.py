@@ -92,8 +92,15 @@ def iter_chunks(
 
     waveform: (samples,) at 16 kHz. ``states`` holds one (frames, dim) tensor per
     requested layer index (as in :meth:`Model.hidden_states`). Peak memory is
-    that of one window, whatever the input length.
+    that of one window, whatever the input length: the model runs under
+    :func:`torch.no_grad`, so no autograd graph is kept (the states do not
+    require grad, and gradients cannot flow through them); the caller's grad
+    mode is left as it was between windows.
     """
+    if not isinstance(waveform, torch.Tensor):
+        raise TypeError(
+            f"waveform must be a torch.Tensor (samples,), got {type(waveform).__name__}"
+        )
     if waveform.dim() != 1:
         raise ValueError(f"waveform must be (samples,), got shape {tuple(waveform.shape)}")
     config = model.config
@@ -112,7 +119,11 @@ def iter_chunks(
         # keeps the trailing samples too, which a group-norm first layer's statistics see
         end = waveform.shape[0] if w.last == total else (w.last - 1) * hop + field
         segment = waveform[w.first * hop : end]
-        states, _ = model.hidden_states(segment[None], None, layers)
+        # a graph per window would keep every window's activations alive for as long as
+        # the caller keeps the states; the `with` closes before the yield, so the
+        # caller's own code never runs under no_grad
+        with torch.no_grad():
+            states, _ = model.hidden_states(segment[None], None, layers)
         lo, hi = w.keep_start - w.first, w.keep_stop - w.first
         yield w.keep_start, [s[0, lo:hi] for s in states]
 
@@ -127,8 +138,9 @@ def hidden_states_long(
 ) -> list[torch.Tensor]:
     """Chunked :meth:`Model.hidden_states` for one long input: one (frames, dim) tensor per layer.
 
-    Frame count and frame times equal the full-context ones. The stitched
-    result grows with the input; pool with :func:`iter_chunks` to stay bounded.
+    Frame count and frame times equal the full-context ones. No autograd graph is
+    built (see :func:`iter_chunks`). The stitched result grows with the input;
+    pool with :func:`iter_chunks` to stay bounded.
     """
     parts: list[list[torch.Tensor]] = []
     for _, states in iter_chunks(

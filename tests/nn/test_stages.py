@@ -14,6 +14,7 @@ from tests.helpers import TINY_W2V, hf_class, hf_config, perturb_
 from w2v import num_frames
 from w2v.config import Config
 from w2v.nn.attention import relative_position_buckets
+from w2v.nn.fast import layer0, layers
 from w2v.nn.model import Model
 
 transformers = pytest.importorskip("transformers")
@@ -73,13 +74,19 @@ def test_conv_feature_encoder(pair, variant):
     assert frame_lengths is None
     # ours is time-major (B, T, C), the reference channel-major (B, C, T)
     close(feats.transpose(1, 2), hf.feature_extractor(x), "conv feature encoder")
-    # and layer by layer, so a failure names the conv layer
+    # and layer by layer, so a failure names the conv layer: the fast form (time-major)
+    # and the plain form (channel-major, as the reference)
     mine, theirs = ours.feature_extractor.conv_layers, hf.feature_extractor.conv_layers
-    a, b = mine[0].forward_waveform(x, None, torch.float32), theirs[0](x[:, None])
-    close(a.transpose(1, 2), b, "conv layer 0")
+    first = mine[0]
+    a = layer0.forward(first.conv, first.layer_norm, x, None, torch.float32)
+    p, b = first(x[:, None]), theirs[0](x[:, None])
+    close(a.transpose(1, 2), b, "conv layer 0, fast form")
+    close(p, b, "conv layer 0, plain form")
     for i in range(1, len(mine)):
-        a, b = mine[i](a), theirs[i](b)
-        close(a.transpose(1, 2), b, f"conv layer {i}")
+        a = layers.forward(a, mine[i].conv, mine[i].layer_norm)
+        p, b = mine[i](p), theirs[i](b)
+        close(a.transpose(1, 2), b, f"conv layer {i}, fast form")
+        close(p, b, f"conv layer {i}, plain form")
 
 
 @torch.inference_mode()
@@ -101,20 +108,6 @@ def test_conv_feature_encoder_lengths(pair, variant):
         alone = hf.feature_extractor(x[j : j + 1, :n])
         item = exact[j : j + 1, : frames[j]].transpose(1, 2)
         close(item, alone, f"conv feature encoder, item {j} exact")
-
-
-@torch.inference_mode()
-@pytest.mark.parametrize("variant", ["wav2vec2-group", "wav2vec2-layer"])
-def test_conv_feature_encoder_channel_major_path(pair, variant):
-    """The plain-conv path taken under torch.export equals the product form."""
-    _, ours = pair(variant)
-    encoder = ours.feature_extractor
-    x = waveform(9000)
-    lengths = torch.tensor([9000, 4321])
-    for norm_lengths in (None, encoder.conv_layers[0].out_lengths(lengths)):
-        product, _ = encoder(x, lengths, exact=norm_lengths is not None)
-        plain = encoder._channel_major(x, norm_lengths, torch.float32)
-        close(product, plain, f"channel-major conv path, lengths={norm_lengths is not None}")
 
 
 @pytest.mark.parametrize("conv_norm", ["group", "layer"])
@@ -316,77 +309,3 @@ def test_layer_norm_half_input_computes_in_fp32(dtype, affine):
     assert got.dtype == dtype
     want = norm(x.float())
     torch.testing.assert_close(got.float(), want, rtol=2 * torch.finfo(dtype).eps, atol=1e-3)
-
-
-@torch.inference_mode()
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("conv_norm", ["group", "layer"])
-@pytest.mark.parametrize("exact", [True, False])
-def test_conv_blocks_of_time_equal_one_block(conv_norm, dtype, exact, monkeypatch):
-    """Conv layers 0-2 run in blocks of time (layer 0 in fp32 for half models), with the
-    GroupNorm statistics also gathered in blocks; the blocking changes nothing."""
-    import w2v.nn.feature_encoder as fe
-    from w2v.loading import to
-
-    torch.manual_seed(0)
-    model = to(Model(Config(**TINY_W2V, conv_norm=conv_norm)), dtype=dtype).eval()
-    encoder = model.feature_extractor
-    x, lengths = waveform(9000, batch=3), torch.tensor([9000, 5000, 777])
-    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 10**9})
-    monkeypatch.setattr(fe, "_STATS_BLOCK_FRAMES", 10**9)
-    whole, frames = encoder(x, lengths, exact)
-
-    blocks_seen = []
-    forward_windows = fe.ConvLayer.forward_windows
-
-    def counting(self, windows, affine):
-        blocks_seen.append(windows.shape[1])
-        return forward_windows(self, windows, affine)
-
-    monkeypatch.setattr(fe.ConvLayer, "forward_windows", counting)
-    # 3 items × 100 layer-2 frames (~400 layer-0 frames each) per block, a ragged tail;
-    # statistics over blocks of 3 × 129 windows
-    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 4 * 3 * 100 + 2})
-    monkeypatch.setattr(fe, "_STATS_BLOCK_FRAMES", 3 * 129)
-    blocks, frames2 = encoder(x, lengths, exact)
-    assert len(blocks_seen) == 5 and len(set(blocks_seen)) == 2, blocks_seen
-    assert whole.dtype == blocks.dtype == dtype
-    assert torch.equal(frames, frames2)
-    if dtype == torch.float32:  # matrix products of other sizes round differently
-        torch.testing.assert_close(blocks, whole, rtol=0, atol=1e-5)
-    else:
-        torch.testing.assert_close(blocks, whole, rtol=2**-7, atol=1e-6)
-
-
-@pytest.mark.parametrize("conv_norm", ["group", "layer"])
-def test_conv_inference_path_equals_autograd_path(conv_norm, monkeypatch):
-    """Inference takes the blocked path with the F(3, 2) products; a graph for autograd
-    takes one block and the plain products. Same numbers."""
-    import w2v.nn.feature_encoder as fe
-
-    torch.manual_seed(0)
-    encoder = Model(Config(**TINY_W2V, conv_norm=conv_norm)).feature_extractor
-    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 4 * 2 * 100})
-    x, lengths = waveform(9000, batch=2), torch.tensor([9000, 6001])
-    with_graph, _ = encoder(x, lengths)
-    assert with_graph.requires_grad
-    with torch.inference_mode():
-        inference, _ = encoder(x, lengths)
-    torch.testing.assert_close(inference, with_graph.detach(), rtol=0, atol=1e-5)
-
-
-def test_conv_gradient_with_respect_to_the_waveform(monkeypatch):
-    """A frozen encoder differentiated with respect to its input (as in adversarial or
-    saliency studies) takes the autograd path, not the in-place products."""
-    import w2v.nn.feature_encoder as fe
-
-    torch.manual_seed(0)
-    encoder = Model(Config(**TINY_W2V)).feature_extractor.requires_grad_(False)
-    monkeypatch.setattr(fe, "_BLOCK_FRAMES", {"cpu": 4 * 100})
-    x = waveform(6000, batch=1).requires_grad_(True)
-    feats, _ = encoder(x)
-    feats.square().sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    plain = x.detach().clone().requires_grad_(True)
-    encoder._channel_major(plain, None, torch.float32).square().sum().backward()
-    torch.testing.assert_close(x.grad, plain.grad, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Strided convolutions as matrix products (w2v/nn/strided_conv.py) against F.conv1d in float64."""
+"""Strided convolutions as matrix products (w2v.nn.fast.strided_conv) against float64 F.conv1d."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from w2v.nn.strided_conv import K3S2Weights, conv_k3s2, conv_products, product_matrix
+from w2v.nn.fast.strided_conv import K3S2Weights, conv_k3s2, conv_products, product_matrix
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:

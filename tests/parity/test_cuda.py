@@ -124,7 +124,7 @@ def test_tf32_default_follows_cudnn_setting(case):
     try:
         fast, _ = model.hidden_states(x)
         feats, _ = model.feature_extractor(x)
-        plain = model.feature_extractor._channel_major(x, None, torch.float32)
+        plain = model.feature_extractor.plain(x)
         torch.testing.assert_close(feats, plain, atol=1e-5, rtol=0)  # the cuDNN path was taken
     finally:
         torch.backends.cudnn.allow_tf32 = False
@@ -186,8 +186,8 @@ def test_embed_files_on_gpu_matches_cpu(case, tmp_path):
     import numpy as np
     import soundfile as sf
 
+    from w2v.pipeline import embed_files
     from w2v.pipeline.outputs import read_manifest, read_output
-    from w2v.pipeline.run import embed_files
 
     name, _, path, _ = case
     if name != "wav2vec2-base":

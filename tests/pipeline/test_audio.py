@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from w2v.config import Config
 from w2v.pipeline import audio
 from w2v.pipeline.audio import AudioError
 
@@ -95,10 +96,12 @@ def test_normalize_is_population_zero_mean_unit_variance():
 
 
 def test_length_limit_is_applied_after_resampling():
-    # 8 kHz: 199 samples → 398 at 16 kHz (too short), 200 → 400 (enough)
+    # the model's receptive field, 400: 8 kHz 199 samples → 398 at 16 kHz (too short), 200 → 400
+    minimum = Config.from_name("wav2vec2-base").receptive_field
     with pytest.raises(AudioError, match="too short: 398 samples"):
-        audio.prepare(np.ones(199, np.float32), 8000)
-    assert audio.prepare(np.ones(200, np.float32), 8000).shape == (400,)
+        audio.prepare(np.ones(199, np.float32), 8000, min_samples=minimum)
+    assert audio.prepare(np.ones(200, np.float32), 8000, min_samples=minimum).shape == (400,)
+    assert audio.prepare(np.ones(199, np.float32), 8000).shape == (398,)  # no minimum asked
     with pytest.raises(AudioError, match="zero-length"):
         audio.prepare(np.zeros(0, np.float32), 16000)
 

@@ -23,8 +23,8 @@ from tests.helpers import REPO, TINY_W2V
 from w2v.atomic import TMP_SUFFIX
 from w2v.cli import main
 from w2v.config import Config
+from w2v.pipeline import embed
 from w2v.pipeline.outputs import MANIFEST, read_manifest
-from w2v.pipeline.run import embed
 
 TINY = Config(**TINY_W2V)
 SUMMARY = re.compile(

@@ -14,18 +14,18 @@ from w2v.convert.checkpoint import Checkpoint, save
 import w2v
 from tests.helpers import TINY_W2V
 from w2v.config import Config
-from w2v.pipeline.audio import AudioError
-from w2v.pipeline.outputs import MANIFEST, read_manifest, read_output
-from w2v.pipeline.run import (
+from w2v.errors import UsageError
+from w2v.loading import check_device
+from w2v.pipeline import (
     Progress,
-    UsageError,
-    check_device,
     collect_inputs,
     embed,
     embed_files,
     parse_layers,
     resolve_layers,
 )
+from w2v.pipeline.audio import AudioError
+from w2v.pipeline.outputs import ENTRY_FIELDS, MANIFEST, SETTINGS, read_manifest, read_output
 
 TINY = Config(**{**TINY_W2V, "num_layers": 3})
 ATOL = 1e-4
@@ -291,6 +291,31 @@ def test_bad_inputs_are_reported_and_the_rest_written(tmp_path):
         assert np.isfinite(np.load(out / (rel + ".npy"))).all()
 
 
+def test_written_entries_have_exactly_the_schema_fields(tmp_path):
+    """Every line embed_files writes, ok or error, holds the schema's fields in its order;
+    the settings it resumes on are the schema's settings."""
+    root = _write_files(tmp_path / "data")
+    bad = root / "bad.wav"
+    bad.write_bytes(b"")
+    out = tmp_path / "out"
+    summary = embed_files([root], _model(), out, layers="0,2", chunk_seconds=0)
+    assert (summary.ok, summary.failed) == (len(FILES), 1)
+    lines = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert {e["status"] for e in lines} == {"ok", "error"}
+    for entry in lines:
+        assert tuple(entry) == ENTRY_FIELDS
+    ok = read_manifest(out)[str(root / "a.wav")]
+    assert {k: ok[k] for k in SETTINGS} == {
+        "layers": [0, 2],
+        "pool": "mean",
+        "format": "npy",
+        "model": "Model",
+        "dtype": "float32",
+        "channel": None,
+    }
+    assert (ok["chunk_seconds"], ok["context_seconds"]) == (None, None)  # computed whole
+
+
 def test_a_batch_failure_costs_only_the_failing_item(tmp_path):
     root = _write_files(tmp_path / "data")
     model = _model()
@@ -358,8 +383,8 @@ def test_resume_skips_done_and_recomputes_on_change(tmp_path):
     assert (again.ok, again.skipped) == (1, len(FILES) - 1)
     assert victim.is_file()
     mtime = (out / "e.flac.npy").stat().st_mtime_ns
-    changed = embed_files([root], model, out, layers="1")  # other settings: recompute all
-    assert changed.ok == len(FILES) and read_manifest(out)[str(root / "e.flac")]["layers"] == [1]
+    with pytest.raises(UsageError, match=r"layers: \[0\] there, \[1\] now"):
+        embed_files([root], model, out, layers="1")  # other settings: refused
     forced = embed_files([root], model, out, layers="1", overwrite=True)
     assert (forced.ok, forced.skipped) == (len(FILES), 0)
     assert (out / "e.flac.npy").stat().st_mtime_ns >= mtime
@@ -436,7 +461,7 @@ def test_embed_api_errors(tmp_path):
 
 
 def test_default_batch_budget_depends_on_the_device():
-    from w2v.pipeline.run import CPU_BATCH_SECONDS, GPU_BATCH_SECONDS, default_batch_seconds
+    from w2v.pipeline.batching import CPU_BATCH_SECONDS, GPU_BATCH_SECONDS, default_batch_seconds
 
     assert default_batch_seconds("cpu") == CPU_BATCH_SECONDS < GPU_BATCH_SECONDS
     assert default_batch_seconds(torch.device("cuda", 0)) == GPU_BATCH_SECONDS

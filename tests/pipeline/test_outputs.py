@@ -9,10 +9,14 @@ import pytest
 from safetensors.numpy import load_file
 
 from w2v.pipeline.outputs import (
+    ENTRY_FIELDS,
     MANIFEST,
+    SETTINGS,
     ManifestWriter,
     compact_manifest,
     is_done,
+    make_settings,
+    new_entry,
     output_name,
     read_manifest,
     read_output,
@@ -84,3 +88,39 @@ def test_is_done(tmp_path):
     assert not is_done(e, {**settings, "pool": "stats"}, tmp_path)
     assert not is_done({**e, "status": "error"}, settings, tmp_path)
     assert not is_done(None, settings, tmp_path)
+
+
+SETTINGS_EXAMPLE = dict(
+    layers=[0, 6],
+    pool="mean",
+    format="npy",
+    model="/m",
+    dtype="float32",
+    channel=None,
+)
+
+
+def test_entries_are_built_from_the_schema(tmp_path):
+    settings = make_settings(**dict(reversed(SETTINGS_EXAMPLE.items())))
+    assert tuple(settings) == SETTINGS and set(SETTINGS) < set(ENTRY_FIELDS)
+    entry = new_entry("/a", settings, duration=1.5, output="a.npy")
+    assert tuple(entry) == ENTRY_FIELDS
+    assert (entry["path"], entry["status"], entry["duration"], entry["frames"]) == (
+        "/a",
+        "ok",
+        1.5,
+        None,
+    )
+    with pytest.raises(ValueError, match="settings"):
+        make_settings(layers=[0], pool="mean")
+    with pytest.raises(ValueError, match="not manifest fields"):
+        new_entry("/a", settings, loudness=3)
+
+
+def test_every_setting_decides_resume(tmp_path):
+    (tmp_path / "a.npy").write_bytes(b"")
+    settings = make_settings(**SETTINGS_EXAMPLE)
+    entry = new_entry("/a", settings, output="a.npy")
+    assert is_done(entry, settings, tmp_path)
+    for name in SETTINGS:
+        assert not is_done(entry, {**settings, name: "changed"}, tmp_path), name

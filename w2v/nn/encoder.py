@@ -67,7 +67,11 @@ class Encoder(nn.Module):
     def embed(
         self, x: torch.Tensor, valid: torch.Tensor | None, exact: bool = True
     ) -> torch.Tensor:
-        """Projected features (B, T, D) → input of layer 1 (B, T, D); ``valid`` (B, T) bool."""
+        """Projected features (B, T, D) → input of layer 1 (B, T, D); ``valid`` (B, T) bool,
+        True on each item's valid frames. ``exact``: also re-zero the padding inside the
+        positional conv (after a BatchNorm, after each block of a stack), so that batched
+        output equals each item's output alone (False: the reference implementations'
+        batched numbers)."""
         if valid is not None:
             x = x * valid[..., None].to(x.dtype)
         xt = x.transpose(1, 2)  # (B, D, T)

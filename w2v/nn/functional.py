@@ -37,10 +37,10 @@ def grouped_conv1d(
     """``F.conv1d`` for the positional convolutions; on a GPU, half-precision input (or
     any input under autocast) is convolved in float32 and returned in its own dtype.
 
-    cuDNN's half-precision kernels for these grouped convolutions can be very slow:
-    on an H100, wav2vec2-base's (48 channels per group, kernel 128) took 12.8 ms in
-    bf16 or fp16 against 0.7 ms in fp32 for 8 × 10 s (bench/gpu_variants.py). fp32
-    is also the more accurate of the two.
+    cuDNN's half-precision kernels for these grouped convolutions (wav2vec2-base's:
+    48 channels per group, kernel 128) can be many times slower than its fp32 ones
+    (bench/gpu_variants.py; figures in bench/RESULTS.md). fp32 is also the more
+    accurate of the two.
     """
     if x.is_cuda and (x.dtype in _HALF or torch.is_autocast_enabled("cuda")):
         bias = None if bias is None else bias.float()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -79,6 +80,12 @@ class Model(nn.Module):
     def _check_input(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(waveforms, torch.Tensor):
+            raise TypeError(
+                f"waveforms must be a torch.Tensor (batch, samples), got {type(waveforms).__name__}"
+            )
+        if waveforms.is_complex():  # casting would drop the imaginary part without a word
+            raise TypeError(f"waveforms must be real, got {waveforms.dtype}")
         if waveforms.dim() == 1:
             waveforms = waveforms[None]
         if waveforms.dim() != 2:
@@ -87,6 +94,8 @@ class Model(nn.Module):
             )
         if not waveforms.is_floating_point():
             raise ValueError(f"waveforms must be floating point, got {waveforms.dtype}")
+        if waveforms.shape[0] == 0:
+            raise ValueError("waveforms holds no items (batch size 0); give at least one")
         minimum = self.config.receptive_field
         if waveforms.shape[-1] < minimum:
             raise ValueError(
@@ -100,6 +109,9 @@ class Model(nn.Module):
             raise ValueError(
                 f"lengths must have shape ({waveforms.shape[0]},), got {tuple(lengths.shape)}"
             )
+        if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+            # .long() would truncate 1599.7 to 1599 and read True as 1
+            raise TypeError(f"lengths must be integers (samples per item), got {lengths.dtype}")
         lengths = lengths.long()
         # value checks are skipped while tracing so that forward stays exportable
         if not torch.compiler.is_compiling():
@@ -168,19 +180,9 @@ class Model(nn.Module):
         return self
 
     def resolve_layers(self, layers: Sequence[int] | None) -> list[int]:
-        """Layer indices in 0..N with negatives counted from the end (-1 = N)."""
-        n = self.config.num_layers
-        if layers is None:
-            return list(range(n + 1))
-        out = []
-        for i in layers:
-            j = int(i) + (n + 1 if int(i) < 0 else 0)
-            if not 0 <= j <= n:
-                raise ValueError(
-                    f"layer index {i} is out of range for a {n}-layer model (0..{n}, or -{n + 1}..-1)"
-                )
-            out.append(j)
-        return out
+        """Layer indices in 0..N with negatives counted from the end (-1 = N); see
+        :func:`layer_indices`."""
+        return layer_indices(layers, self.config.num_layers)
 
     def hidden_states(
         self,
@@ -220,7 +222,7 @@ class Model(nn.Module):
         ``extract_features()[0][i]``; no layer past ``num_layers`` is computed.
         Returns them and the valid frames per item (None without ``lengths``).
         """
-        n = self.config.num_layers if num_layers is None else int(num_layers)
+        n = self.config.num_layers if num_layers is None else layer_index(num_layers, "num_layers")
         if not 1 <= n <= self.config.num_layers:
             raise ValueError(f"num_layers must be in 1..{self.config.num_layers}, got {num_layers}")
         return self.hidden_states(waveforms, lengths, range(1, n + 1), exact=exact)
@@ -242,3 +244,44 @@ class Model(nn.Module):
         if self.lm_head is not None:
             x = self.lm_head(x)
         return x, frame_lengths
+
+
+def layer_indices(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """The rule behind :meth:`Model.resolve_layers` for a model of ``num_layers`` layers:
+    indices in ``0..num_layers`` (0 = transformer input, k = output of layer k), negatives
+    counted from the end (-1 = the last layer), in the order given; None means all.
+
+    Raises ValueError naming the valid range for an index out of range, and TypeError when
+    ``layers`` is not a sequence of integers (a string, a float, a bool).
+    """
+    n = num_layers
+    if layers is None:
+        return list(range(n + 1))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        # "12" would otherwise be read as layers 1 and 2
+        raise TypeError(
+            f"layers must be a sequence of integer indices or None, got {type(layers).__name__} "
+            f"{layers!r:.40}"
+        )
+    out = []
+    for i in layers:
+        i = layer_index(i)
+        j = i + (n + 1 if i < 0 else 0)
+        if not 0 <= j <= n:
+            raise ValueError(
+                f"layer {i} is out of range for this {n}-layer model; valid layers are 0..{n} "
+                f"(0 = transformer input, {n} = last layer; -{n + 1}..-1 count from the end)"
+            )
+        out.append(j)
+    return out
+
+
+def layer_index(i: object, what: str = "layer index") -> int:
+    """``i`` as an int: a Python or numpy integer, or an integer 0-d tensor. TypeError for
+    anything else, floats and bools included (``int(1.7)`` would quietly give layer 1)."""
+    if isinstance(i, bool) or (isinstance(i, torch.Tensor) and i.dtype == torch.bool):
+        raise TypeError(f"{what} must be an integer, got a bool ({i!r})")
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(i).__name__} {i!r:.40}") from None

@@ -56,9 +56,9 @@ class GroupNorm(nn.GroupNorm):
             return y.to(dtype)
         if self.num_groups != self.num_channels:
             raise NotImplementedError("valid-frame statistics need one group per channel")
-        # Used on conv layer 0 by the plain-conv path (torch.export, and fp32 on a GPU with
-        # cuDNN TF32); the product form folds this norm into the conv (nn/feature_encoder.py).
-        # Sums over time as batched mat-vec products, one multiply-add.
+        # Used on conv layer 0 by the plain form of the feature encoder; its fast form folds
+        # this norm into the conv (w2v/nn/fast/layer0.py). Sums over time as batched mat-vec
+        # products, one multiply-add.
         xf = x.float()
         valid = valid_frames(x.shape[-1], lengths, xf.dtype)  # (B, T, 1)
         count = valid.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)

@@ -65,13 +65,14 @@ class PositionalConv(nn.Module):
             self.batch_norm = None
             self.conv = WeightNormConv(d, k, g)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D, T) → (B, D, T). ``valid`` (B, 1, T): re-zero padding after the BatchNorm."""
+    def forward(self, x: torch.Tensor, rezero: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, T) → (B, D, T). ``rezero`` (B, 1, T), 1 on valid frames and 0 on padding:
+        re-zero the padding after the BatchNorm."""
         if self.batch_norm is not None:
             x = self.batch_norm(x.float()).to(x.dtype)  # fp32 statistics, like the other norms
-            if valid is not None:
+            if rezero is not None:
                 # BN(0) != 0: zero the padding again so it acts like the conv's own zero padding
-                x = x * valid
+                x = x * rezero
         x = self.conv(x)
         if self.drop_last:
             x = x[..., :-1]
@@ -103,8 +104,9 @@ class StackPositionalConv(nn.Module):
             for _ in range(config.pos_conv_depth)
         )
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D, T) → (B, D, T). ``valid`` (B, 1, T): re-zero padding after every block.
+    def forward(self, x: torch.Tensor, rezero: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, T) → (B, D, T). ``rezero`` (B, 1, T), 1 on valid frames and 0 on padding:
+        re-zero the padding after every block.
 
         The reference zeroes padding once, before the stack, so padding leaks
         into the last valid frames of a batched item; re-zeroing after each
@@ -112,8 +114,8 @@ class StackPositionalConv(nn.Module):
         """
         for layer in self.layers:
             x = layer(x)
-            if valid is not None:
-                x = x * valid
+            if rezero is not None:
+                x = x * rezero
         return x
 
 

@@ -5,24 +5,35 @@ in order, for one input:
 
 1. decode with ``soundfile`` as float32 (wav, flac, ogg/vorbis, opus, and mp3
    where the installed libsndfile reads it); integer PCM is scaled to [-1, 1]
-   by soundfile itself;
+   by soundfile itself. Only regular files are opened (a FIFO or a device is
+   an error, never read), the rate must lie within :data:`MIN_SAMPLE_RATE` and
+   :data:`MAX_SAMPLE_RATE`, and a file is decoded block by block, so neither
+   the file's own multichannel audio nor a length its header claims is ever
+   held whole: memory follows the 16 kHz mono result, at most
+   :data:`MAX_AUDIO_SECONDS` long;
 2. multichannel audio is averaged to mono, or one channel is picked
    (``channel=N``, 0-based; ``--channel N`` on the command line; mono files
    are used as they are, a file with fewer than N + 1 channels is an error);
 3. samples must all be finite (NaN or Inf is an error, checked before
    resampling, which would smear it);
 4. resampled to 16 kHz with soxr at quality ``"HQ"`` (:data:`RESAMPLE_QUALITY`);
-5. the result must hold at least 400 samples (one 25 ms frame);
+5. the result must hold at least ``min_samples`` samples, which the caller takes from
+   the model (``config.receptive_field``: one frame, 400 samples = 25 ms for every
+   released checkpoint);
 6. when the checkpoint asks for it (``model.normalize``), normalised per
    utterance over its own samples, before any padding:
    ``(x - mean) / sqrt(var + 1e-7)`` with the population variance.
 
 Problems with one input raise :class:`AudioError` whose message is one line.
+File names are given to libsndfile as bytes, so a name that is not valid
+UTF-8 reads like any other.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +42,22 @@ import numpy as np
 from w2v.config import SAMPLE_RATE
 from w2v.errors import AudioError, one_line
 
-MIN_SAMPLES = 400
-"""Shortest input at 16 kHz: the conv encoder's receptive field (one 25 ms frame)."""
-
 RESAMPLE_QUALITY = "HQ"
 """soxr quality recipe used for every resampling."""
+
+MIN_SAMPLE_RATE = 1000
+"""Lowest sample rate (Hz) accepted. Below it a file is an error: no speech survives at such a
+rate, and resampling a few kilobytes "at 1 Hz" to 16 kHz would take gigabytes."""
+
+MAX_SAMPLE_RATE = 1_000_000
+"""Highest sample rate (Hz) accepted (1 MHz, above any audio interface or ultrasound recorder)."""
+
+MAX_AUDIO_SECONDS = 12 * 3600.0
+"""Longest input accepted, in seconds (12 hours: 2.8 GB as 16 kHz float32). Checked against
+the header before decoding and against the samples while decoding, as headers can lie."""
+
+DECODE_BLOCK = 1 << 16
+"""Frames decoded (and resampled) at a time."""
 
 NORM_EPS = 1e-7
 """Variance epsilon of the per-utterance normalisation (as in HF's feature extractor)."""
@@ -78,13 +100,36 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     p = Path(path)
     _check_file(p)
     try:
-        info = sf.info(str(p))
+        info = sf.info(os.fsencode(p))
     except Exception as e:  # noqa: BLE001 - libsndfile reports every failure differently
         raise AudioError(f"cannot read audio header: {_reason(e)}") from None
-    if info.frames < 0 or info.samplerate <= 0:
-        raise AudioError("cannot read audio header: length or sample rate unknown")
-    return AudioInfo(
-        sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames)
+    return _checked_info(int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def _checked_info(rate: int, channels: int, frames: int) -> AudioInfo:
+    """The header's numbers as an :class:`AudioInfo`, or AudioError for a rate out of
+    bounds or a length past :data:`MAX_AUDIO_SECONDS` (before anything is allocated)."""
+    if frames < 0 or rate <= 0 or channels <= 0:
+        raise AudioError("cannot read audio header: length, rate or channels unknown")
+    check_rate(rate)
+    info = AudioInfo(sample_rate=rate, channels=channels, frames=frames)
+    if info.duration > MAX_AUDIO_SECONDS:
+        raise AudioError(_too_long(info.duration))
+    return info
+
+
+def check_rate(rate: int) -> None:
+    """AudioError unless :data:`MIN_SAMPLE_RATE` <= ``rate`` <= :data:`MAX_SAMPLE_RATE`."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"sample rate {rate} Hz is outside the accepted {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+        )
+
+
+def _too_long(seconds: float) -> str:
+    return (
+        f"audio is {seconds / 3600:.1f} h long; the limit is {MAX_AUDIO_SECONDS / 3600:g} h "
+        "per input (split the file)"
     )
 
 
@@ -94,16 +139,51 @@ def decode(path: str | os.PathLike, channel: int | None = None) -> tuple[np.ndar
     Returns ``(samples,)`` float32 and the :class:`AudioInfo` of what was read.
     ``channel=None`` averages all channels; an int picks that channel (0-based).
     """
+    info, blocks = _decode_blocks(path, channel)
+    parts = list(blocks)
+    wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return wave, AudioInfo(info.sample_rate, info.channels, int(wave.shape[0]))
+
+
+def _decode_blocks(
+    path: str | os.PathLike, channel: int | None
+) -> tuple[AudioInfo, Iterator[np.ndarray]]:
+    """The header's :class:`AudioInfo` (checked) and an iterator of mono float32 blocks of
+    at most :data:`DECODE_BLOCK` samples each, all finite, stopping with AudioError past
+    :data:`MAX_AUDIO_SECONDS` whatever the header said."""
     import soundfile as sf
 
     p = Path(path)
     _check_file(p)
     try:
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)  # (samples, channels)
-    except Exception as e:  # noqa: BLE001
+        f = sf.SoundFile(os.fsencode(p))
+    except Exception as e:  # noqa: BLE001 - libsndfile reports every failure differently
         raise AudioError(f"cannot decode audio: {_reason(e)}") from None
-    info = AudioInfo(sample_rate=int(rate), channels=int(data.shape[1]), frames=int(data.shape[0]))
-    return to_mono(data, channel), info
+    try:
+        info = _checked_info(int(f.samplerate), int(f.channels), int(f.frames))
+    except BaseException:
+        f.close()
+        raise
+    limit = int(MAX_AUDIO_SECONDS * info.sample_rate)
+
+    def blocks() -> Iterator[np.ndarray]:
+        read = 0
+        with f:
+            while True:
+                try:
+                    data = f.read(DECODE_BLOCK, dtype="float32", always_2d=True)
+                except Exception as e:  # noqa: BLE001
+                    raise AudioError(f"cannot decode audio: {_reason(e)}") from None
+                if data.shape[0] == 0:
+                    return
+                read += data.shape[0]
+                if read > limit:
+                    raise AudioError(_too_long(read / info.sample_rate))
+                mono = to_mono(data, channel)
+                _check_finite(mono)
+                yield mono
+
+    return info, blocks()
 
 
 def to_mono(data: np.ndarray, channel: int | None = None) -> np.ndarray:
@@ -136,6 +216,22 @@ def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarr
     return soxr.resample(wave, rate, target, quality=RESAMPLE_QUALITY)
 
 
+def _resample_blocks(blocks: Iterator[np.ndarray], rate: int) -> np.ndarray:
+    """Mono float32 blocks at ``rate`` → one ``(samples,)`` array at 16 kHz, resampled as a
+    stream (the same samples soxr gives for the whole array at once)."""
+    if rate == SAMPLE_RATE:
+        parts = list(blocks)
+    else:
+        import soxr
+
+        stream = soxr.ResampleStream(
+            rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
+        )
+        parts = [stream.resample_chunk(b) for b in blocks]
+        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 def normalize(wave: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance over the whole (unpadded) utterance: ``(x - m) / sqrt(v + 1e-7)``."""
     w = wave.astype(np.float64)
@@ -145,10 +241,12 @@ def normalize(wave: np.ndarray) -> np.ndarray:
 
 
 def prepare(
-    wave: np.ndarray, rate: int, *, normalize_input: bool = False, min_samples: int = MIN_SAMPLES
+    wave: np.ndarray, rate: int, *, normalize_input: bool = False, min_samples: int = 0
 ) -> np.ndarray:
     """A mono waveform at any rate → checked float32 ``(samples,)`` at 16 kHz, ready for batching.
 
+    ``min_samples``: the shortest length the model accepts at 16 kHz (its
+    ``config.receptive_field``); 0 checks only that the input is not empty.
     Raises :class:`AudioError` on empty input, non-finite samples, or fewer than
     ``min_samples`` samples after resampling.
     """
@@ -157,12 +255,22 @@ def prepare(
         raise AudioError(f"expected a mono waveform of shape (samples,), got shape {wave.shape}")
     if wave.size == 0:
         raise AudioError("zero-length audio")
+    _check_finite(wave)
+    check_rate(int(rate))
+    if wave.shape[0] / rate > MAX_AUDIO_SECONDS:
+        raise AudioError(_too_long(wave.shape[0] / rate))
+    return _finish(resample(wave, int(rate)), normalize_input, min_samples)
+
+
+def _check_finite(wave: np.ndarray) -> None:
+    # before resampling, which would smear a NaN over its neighbours
     if not np.isfinite(wave).all():
         bad = int(np.count_nonzero(~np.isfinite(wave)))
         raise AudioError(f"audio holds {bad} NaN or Inf sample(s)")
-    if rate <= 0:
-        raise AudioError(f"invalid sample rate {rate}")
-    wave = resample(wave, int(rate))
+
+
+def _finish(wave: np.ndarray, normalize_input: bool, min_samples: int) -> np.ndarray:
+    """The checks and normalisation after resampling (steps 5 and 6)."""
     if wave.shape[0] < min_samples:
         raise AudioError(
             f"audio too short: {wave.shape[0]} samples at 16 kHz "
@@ -179,28 +287,51 @@ def load(
     *,
     channel: int | None = None,
     normalize_input: bool = False,
-    min_samples: int = MIN_SAMPLES,
+    min_samples: int = 0,
 ) -> tuple[np.ndarray, AudioInfo]:
-    """Decode, mix down, resample, check and (optionally) normalise one file.
+    """Decode, mix down, resample, check and (optionally) normalise one file (see
+    :func:`prepare` for ``min_samples``).
 
     Returns ``(samples,)`` float32 at 16 kHz and the file's :class:`AudioInfo`.
     """
-    wave, info = decode(path, channel)
-    return prepare(
-        wave, info.sample_rate, normalize_input=normalize_input, min_samples=min_samples
-    ), info
+    info, blocks = _decode_blocks(path, channel)
+    frames = 0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal frames
+        for block in blocks:
+            frames += block.shape[0]
+            yield block
+
+    wave = _resample_blocks(counted(), info.sample_rate)
+    if frames == 0:
+        raise AudioError("zero-length audio")
+    read = AudioInfo(info.sample_rate, info.channels, frames)
+    return _finish(wave, normalize_input, min_samples), read
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _check_file(p: Path) -> None:
+    """AudioError unless ``p`` is a non-empty regular file (after symlinks). Nothing else is
+    opened: reading a FIFO would block and a device such as ``/dev/zero`` never ends."""
     try:
-        size = p.stat().st_size
+        st = os.stat(p)
     except FileNotFoundError:
         raise AudioError("no such file") from None
     except OSError as e:
         raise AudioError(f"cannot access file: {_reason(e)}") from None
-    if p.is_dir():
-        raise AudioError("is a directory, not an audio file")
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "special file")
+        raise AudioError(f"not a regular file ({kind}); give an audio file")
+    if st.st_size == 0:
         raise AudioError("file is empty (0 bytes)")
 
 

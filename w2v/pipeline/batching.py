@@ -11,6 +11,10 @@ forms a batch of one. Lengths for planning come from file headers
 Read-ahead (:func:`prefetch`): a thread pool decodes the items of the next
 ``ahead`` batches while the model works on the current one (soundfile and soxr
 release the GIL), so the model does not wait on I/O.
+
+Defaults: the batch budget per device (:func:`default_batch_seconds`) and the
+thread counts (:func:`default_workers`, :data:`PROBE_WORKERS`) are defined here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +34,29 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+CPU_BATCH_SECONDS = 30.0
+"""Default padded audio seconds per batch (longest item × batch size) with the model on a
+CPU. One 10 s clip already keeps the CPU's matrix products busy, so bigger batches only
+add padding and cache pressure (measured with ``bench/bench_embed.py``)."""
+
+GPU_BATCH_SECONDS = 160.0
+"""Default padded audio seconds per batch on a GPU, which needs wide batches to be busy."""
+
+CPU_CORES_PER_WORKER = 8
+"""With the model on the CPU, one decoding thread per this many cores (at least one)."""
+
+GPU_MAX_WORKERS = 4
+"""With the model on a GPU, decoding threads up to this many (one per core)."""
+
+PROBE_WORKERS = 8
+"""Threads reading headers before a run (I/O bound, and the model is idle then)."""
+
+
+def default_batch_seconds(device: str | torch.device) -> float:
+    """:data:`CPU_BATCH_SECONDS` for a CPU device, else :data:`GPU_BATCH_SECONDS`."""
+    return CPU_BATCH_SECONDS if torch.device(device).type == "cpu" else GPU_BATCH_SECONDS
+
+
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -38,14 +65,17 @@ def available_cpus() -> int:
 
 
 def default_workers(device: str | None = None) -> int:
-    """Decoding threads. With the model on a GPU, up to 4. On the CPU the model
-    needs the cores far more than decoding does (wav2vec2-base: ~15 GFLOP per
-    second of audio), so one thread per 8 cores, at least one.
+    """Decoding threads for a model on ``device`` (a device type such as ``"cuda"``;
+    None: the CPU). On the CPU the model needs the cores far more than decoding does
+    (wav2vec2-base: ~15 GFLOP per second of audio, decoding a few hundred times less),
+    and torch's own thread count is left as it is, so decoding gets
+    :data:`CPU_CORES_PER_WORKER` cores per thread; on a GPU it gets up to
+    :data:`GPU_MAX_WORKERS`.
     """
     cpus = available_cpus()
     if device is not None and not str(device).startswith("cpu"):
-        return max(1, min(4, cpus))
-    return max(1, cpus // 8)
+        return max(1, min(GPU_MAX_WORKERS, cpus))
+    return max(1, cpus // CPU_CORES_PER_WORKER)
 
 
 def plan_batches(

@@ -12,52 +12,117 @@ Layout of the output directory ``DIR``:
 * ``safetensors``: one float32 tensor per layer named by its index (``"0"``,
   ``"6"``, ``"12"``), each ``(dim,)`` pooled or ``(frames, dim)`` unpooled; the
   file metadata records ``layers`` (JSON list) and ``pool``.
-* ``DIR/manifest.jsonl``: one JSON object per input (see :data:`ENTRY_FIELDS`).
+* ``DIR/manifest.jsonl``: one JSON object per input (fields in :data:`ENTRY_SCHEMA`).
 
 Frame ``t`` of an unpooled output covers input samples ``[320 t, 320 t + 400)``
 at 16 kHz (a 25 ms window every 20 ms).
 
+Manifest encoding: UTF-8 JSON Lines. Paths are Python's view of the file
+system's bytes: a name that is not valid UTF-8 (``caf\xe9.wav`` on Linux)
+has each undecodable byte ``0xXY`` as the lone surrogate ``U+DCXY``
+(``surrogateescape``), which the manifest writes as the JSON escape
+``"\\udcXY"``; the file stays valid UTF-8, and ``os.fsencode(entry["path"])``
+gives the name's bytes back.
+
 Crash safety: every file is written to a temporary file in the same
 directory and moved into place with ``os.replace``, so a run killed at any
 moment leaves either the complete old file or the complete new one. During a
-run, manifest lines are appended (one ``write`` per line, flushed); readers
-deduplicate by ``path``, the last line winning, and skip a torn last line. At
-the end of a run the manifest is rewritten atomically with one line per input.
+run, manifest lines are appended (one ``write`` per line); readers
+deduplicate by ``path``, the last line winning, and drop a line that is not
+a whole JSON object in UTF-8 (a torn tail, even one cut inside a character),
+so that input is computed again. At the end of a run the manifest is
+rewritten atomically with one line per input.
+
+One run at a time: a run holds an exclusive ``flock`` on ``DIR/.w2v-embed.lock``
+(:class:`OutputLock`); a second run into the same ``DIR`` is refused with a
+message naming the first. The operating system drops the lock when a process
+ends, killed or not, so a stale lock never blocks.
+
+Settings: every entry of one ``DIR`` has the same :data:`SETTINGS`. A run with
+other settings is refused (:func:`settings_mismatch`); with ``overwrite`` the
+old entries and the outputs they list are removed first.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from w2v.atomic import atomic_write_file
+from w2v.config import SAMPLE_RATE
+from w2v.errors import UsageError, one_line, shown
+from w2v.longform import ChunkPolicy
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 FORMATS = {"npy": ".npy", "safetensors": ".safetensors"}
 MANIFEST = "manifest.jsonl"
+LOCK = ".w2v-embed.lock"
+"""Lock file in DIR held (``flock``) by the run writing there."""
 
-ENTRY_FIELDS = (
-    "path",  # the input file, absolute
-    "status",  # "ok" or "error"
-    "error",  # one-line reason, or null
-    "output",  # output file relative to DIR, or null on error
-    "duration",  # seconds of audio in the file (header), or null if unreadable
-    "sample_rate",  # the file's own sample rate
-    "channels",  # the file's channel count
-    "frames",  # model frames of the output (pooled over, or the frame axis)
-    "layers",  # layer indices stored, in order
-    "pool",  # "mean" | "stats" | "none"
-    "format",  # "npy" | "safetensors"
-    "model",  # the model as given (path or hub id)
-    "dtype",  # compute dtype
-    "channel",  # channel picked, or null for the mean of all channels
+
+class Field(NamedTuple):
+    """One field of a manifest entry."""
+
+    name: str
+    setting: bool  # the same in every entry of DIR (else the run is refused)
+    meaning: str
+
+
+ENTRY_SCHEMA = (
+    Field("path", False, "the input file, absolute"),
+    Field("status", False, '"ok" or "error"'),
+    Field("error", False, "one-line reason, or null"),
+    Field("output", False, "output file relative to DIR, or null on error"),
+    Field("duration", False, "seconds of audio in the file (header), or null if unreadable"),
+    Field("sample_rate", False, "the file's own sample rate, or null if unreadable"),
+    Field("channels", False, "the file's channel count, or null if unreadable"),
+    Field("frames", False, "model frames of the output (pooled over, or the frame axis)"),
+    Field("layers", True, "layer indices stored, in order"),
+    Field("pool", True, '"mean" | "stats" | "none"'),
+    Field("format", True, '"npy" | "safetensors"'),
+    Field("model", True, "the model as given: a path made absolute, a hub id, or an object's name"),
+    Field("dtype", True, 'compute dtype ("float32", "bfloat16", "float16")'),
+    Field("channel", True, "channel picked, or null for the mean of all channels"),
+    Field("chunk_seconds", False, "window length the input was computed in, or null (whole)"),
+    Field("context_seconds", False, "context each side of those windows, or null (whole)"),
 )
+"""The fields of a manifest entry, in the order they are written: the one definition."""
 
-SETTINGS = ("layers", "pool", "format", "model", "dtype", "channel")
-"""Entry fields that must match for a finished output to be reused."""
+ENTRY_FIELDS = tuple(f.name for f in ENTRY_SCHEMA)
+SETTINGS = tuple(f.name for f in ENTRY_SCHEMA if f.setting)
+"""Entry fields that every entry of one DIR shares: a run with other values is refused."""
+
+
+def make_settings(**values: Any) -> dict[str, Any]:
+    """The run's :data:`SETTINGS` in schema order; ValueError unless exactly those are given."""
+    if set(values) != set(SETTINGS):
+        raise ValueError(f"settings must be exactly {SETTINGS}, got {tuple(values)}")
+    return {name: values[name] for name in SETTINGS}
+
+
+def new_entry(path: str, settings: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A manifest entry holding every field of :data:`ENTRY_SCHEMA` in order: ``path``,
+    ``status`` "ok", the run's ``settings`` (from :func:`make_settings`), ``fields``,
+    and null for the rest. ValueError for a name outside the schema."""
+    unknown = set(fields) - set(ENTRY_FIELDS)
+    if unknown:
+        raise ValueError(f"not manifest fields: {sorted(unknown)}")
+    entry: dict[str, Any] = dict.fromkeys(ENTRY_FIELDS)
+    entry.update(path=path, status="ok", **make_settings(**settings), **fields)
+    return entry
 
 
 def check_format(fmt: str) -> str:
@@ -104,31 +169,42 @@ def read_output(path: str | os.PathLike) -> np.ndarray:
 # Manifest ----------------------------------------------------------------------
 
 
-def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def read_manifest(
+    out_dir: str | os.PathLike, notice: Callable[[str], None] | None = None
+) -> dict[str, dict[str, Any]]:
     """Entries of ``DIR/manifest.jsonl`` by input path, the last line for a path winning.
 
-    Lines that are not complete JSON objects (a run killed mid-line) are
-    skipped. An ``ok`` entry whose output file a later entry for another path
-    also claims is dropped: that file now holds the later input.
+    The file is read as bytes and each line decoded on its own; a line that is
+    not a JSON object with a string ``path`` in UTF-8 (a run killed mid-line, a
+    line cut inside a character) is dropped, and ``notice`` told so. An ``ok``
+    entry whose output file a later entry for another path also claims is
+    dropped: that file now holds the later input.
     """
     path = Path(out_dir) / MANIFEST
     entries: dict[str, dict[str, Any]] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return entries
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
+    dropped = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
             continue
         try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
+            entry = json.loads(raw.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError included
+            entry = None
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            dropped.append(number)
             continue
         entries.pop(entry["path"], None)  # re-insert: order follows the latest line
         entries[entry["path"]] = entry
+    if dropped and notice is not None:
+        notice(
+            f"{shown(path)}: dropped {len(dropped)} torn or unreadable line(s) "
+            f"(line {', '.join(map(str, dropped[:5]))}{', ...' if len(dropped) > 5 else ''}); "
+            "the inputs they recorded are computed again"
+        )
     owner: dict[str, str] = {}
     for p, e in entries.items():
         if e.get("status") == "ok" and e.get("output"):
@@ -140,48 +216,108 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     }
 
 
+def window_for(chunking: ChunkPolicy, duration: float | None) -> tuple[float, float] | None:
+    """``(chunk_seconds, context_seconds)`` that ``chunking`` uses for an input of
+    ``duration`` seconds, or None when it is computed whole."""
+    chunk = chunking.chunk_for(round((duration or 0.0) * SAMPLE_RATE))
+    return None if chunk is None else (chunk, chunking.context_seconds)
+
+
 def is_done(
     entry: dict[str, Any] | None,
     settings: dict[str, Any],
     out_dir: str | os.PathLike,
     output: str | None = None,
+    chunking: ChunkPolicy | None = None,
 ) -> bool:
-    """True when ``entry`` says ok with the same ``settings`` and its output file
-    (``output``, relative to ``out_dir``, when given) exists."""
+    """True when ``entry`` says ok with the same ``settings``, its output file
+    (``output``, relative to ``out_dir``, when given) exists, and (``chunking`` given)
+    it was computed in the windows ``chunking`` would use for it now."""
     if not entry or entry.get("status") != "ok" or not entry.get("output"):
         return False
     if output is not None and entry["output"] != output:
         return False
     if any(entry.get(k) != v for k, v in settings.items()):
         return False
+    if chunking is not None:
+        done = entry.get("chunk_seconds"), entry.get("context_seconds")
+        want = window_for(chunking, entry.get("duration")) or (None, None)
+        if done != want:
+            return False
     return (Path(out_dir) / entry["output"]).is_file()
+
+
+def settings_mismatch(entries: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """One ``"name: A there, B now"`` per setting some entry holds with another value."""
+    out = []
+    for name, value in settings.items():
+        there = []
+        for e in entries.values():
+            if e.get(name) != value and e.get(name) not in there:
+                there.append(e.get(name))
+        if there:
+            old = " / ".join(shown(json.dumps(v), 60) for v in there[:3])
+            out.append(f"{name}: {old} there, {shown(json.dumps(value), 60)} now")
+    return out
+
+
+def remove_outputs(out_dir: str | os.PathLike, entries: dict[str, dict[str, Any]]) -> int:
+    """Delete the output files ``entries`` list (only regular files inside ``out_dir``);
+    returns how many. OSError when one cannot be deleted."""
+    root = Path(out_dir).resolve()
+    removed = 0
+    for e in entries.values():
+        name = e.get("output")
+        if not isinstance(name, str) or not name:
+            continue
+        target = Path(out_dir) / name
+        if not target.resolve().is_relative_to(root) or not target.is_file():
+            continue  # a manifest never deletes outside DIR
+        target.unlink()
+        removed += 1
+    return removed
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    """One manifest line: JSON with non-ASCII text as is, lone surrogates (bytes of a file
+    name that is not UTF-8) as ``\\udcXY`` escapes, so the line encodes as UTF-8."""
+    text = json.dumps(entry, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+
+
+def is_out_of_space(e: OSError) -> bool:
+    """A write failed because the disk or quota is full: the run stops, no input is to blame."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class ManifestWriter:
     """Appends entries to ``DIR/manifest.jsonl`` during a run; :meth:`close` compacts it.
 
-    Each entry is one ``write`` of one line, flushed at once, so a killed run
-    loses at most a torn last line, which :func:`read_manifest` skips.
+    Each entry is one unbuffered ``write`` of one line, so a killed run (or a
+    full disk) leaves at most a torn last line, which :func:`read_manifest` drops.
+    ``append`` raises OSError when the line cannot be written.
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.path = Path(out_dir) / MANIFEST
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        needs_newline = False
-        if self.path.is_file() and self.path.stat().st_size:
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        if self._file.tell() > 0:
             with open(self.path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if needs_newline:  # a killed run tore the last line; keep ours on a line of its own
-            self._write("\n")
+                if f.read(1) != b"\n":  # a killed run tore the last line; start on a new one
+                    self._write(b"\n")
 
-    def _write(self, text: str) -> None:
-        self._file.write(text)
-        self._file.flush()
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) :]
 
     def append(self, entry: dict[str, Any]) -> None:
-        self._write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._write(_dumps(entry).encode("utf-8"))
 
     def close(self, compact: bool = True) -> None:
         if self._file.closed:
@@ -197,8 +333,70 @@ class ManifestWriter:
         self.close()
 
 
+def write_manifest(out_dir: str | os.PathLike, entries: dict[str, dict[str, Any]]) -> Path:
+    """Replace ``DIR/manifest.jsonl`` atomically with ``entries``, one line each."""
+    data = "".join(_dumps(e) for e in entries.values()).encode("utf-8")
+    return atomic_write_file(Path(out_dir) / MANIFEST, lambda f: f.write(data))
+
+
 def compact_manifest(out_dir: str | os.PathLike) -> Path:
     """Rewrite ``DIR/manifest.jsonl`` atomically with exactly one line per input."""
-    entries = read_manifest(out_dir)
-    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries.values())
-    return atomic_write_file(Path(out_dir) / MANIFEST, lambda f: f.write(text), binary=False)
+    return write_manifest(out_dir, read_manifest(out_dir))
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``DIR/.w2v-embed.lock`` for the length of a run.
+
+    :meth:`acquire` raises :class:`UsageError` naming the run that holds it. The
+    lock belongs to the open file, so the system releases it when the process
+    ends however it ends; the file itself stays and means nothing unlocked. On a
+    system without ``fcntl``, or a file system that cannot lock, runs are not locked.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.path = Path(out_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        if fcntl is None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise UsageError(
+                f"{shown(self.path.parent)} is in use by another w2v embed run ({holder}); "
+                "wait for it to finish, or give another --out"
+            ) from None
+        except OSError:  # no locking on this file system
+            os.close(fd)
+            return self
+        self._fd = fd
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:  # who holds it, for the message another run shows; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {stamp}\n".encode())
+        except OSError:
+            pass
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError as e:
+        text = one_line(e)
+    return shown(text, 120) or "no details"

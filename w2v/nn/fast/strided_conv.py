@@ -14,9 +14,9 @@ Both functions take ``x`` (batch, frames, C_in), contiguous, and return
   part is one product per frame, the even part a 2-tap convolution, which a
   minimal filtering algorithm (Winograd's F(3, 2), interpolation points 0, 1,
   -1, ∞) computes with 4 products per 3 frames. Its transforms are sums and
-  differences of whole frames; the two halved weights are exact. Measured on a
-  2-core AVX-512 CPU, fp32, 512 channels: 14% less time than conv_products,
-  within 2e-7 of its error against a float64 reference (1.2e-6 vs 1.3e-6).
+  differences of whole frames; the two halved weights are exact, and its error
+  against a float64 reference is close to that of :func:`conv_products` (bench/RESULTS.md
+  has both, and the time each takes).
 """
 
 from __future__ import annotations

@@ -1,0 +1,250 @@
+"""The batch stream both entry points share: decode ahead → model → pooled arrays.
+
+:func:`stream` plans batches of similar length (:mod:`w2v.pipeline.batching`),
+decodes them ahead on a thread pool, runs each batch through the model and
+pools it (:mod:`w2v.pipeline.pooling`). A batch that fails is retried item by
+item, so a failure costs only the item it belongs to; an input longer than the
+chunking policy allows runs alone in windows with context (:mod:`w2v.longform`).
+Per item it yields a result or the exception that item met, never raising for
+one input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from w2v import allocator
+from w2v.config import SAMPLE_RATE
+from w2v.errors import UsageError, one_line
+from w2v.longform import ChunkPolicy, iter_chunks
+from w2v.pipeline import audio
+from w2v.pipeline.audio import AudioInfo
+from w2v.pipeline.batching import (
+    default_batch_seconds,
+    default_workers,
+    pad,
+    plan_batches,
+    prefetch,
+)
+from w2v.pipeline.pooling import RunningPool, pool_layers
+
+
+class Result(NamedTuple):
+    """One item's pooled array ``(layers, ...)``, its number of valid frames, and the
+    ``(chunk_seconds, context_seconds)`` of the windows it was computed in (None: whole)."""
+
+    array: np.ndarray
+    frames: int
+    window: tuple[float, float] | None = None
+
+
+@dataclass
+class Source:
+    """One thing to embed: a file or an in-memory mono waveform at ``rate``."""
+
+    path: Path | None = None
+    wave: np.ndarray | None = None
+    rate: int | None = None
+    samples_16k: int = 0  # estimated, for planning
+
+
+@dataclass
+class Clock:
+    """Where a stream's time went: in the model (batches and windows, pooling included)
+    and waiting for decoded audio (the model idle because read-ahead fell behind)."""
+
+    model: float = 0.0
+    waiting: float = 0.0
+
+
+def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first parameter (the first conv): the waveform's."""
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def decode_workers(model: torch.nn.Module, workers: int | None) -> int:
+    """``workers``, or the default for where the model runs (see
+    :func:`w2v.pipeline.batching.default_workers`). Torch's own thread count is left as it
+    is: decoding needs little CPU, so reserving cores for it would leave them idle. On a
+    machine another process keeps busy, fewer torch threads (``torch.set_num_threads`` or
+    ``OMP_NUM_THREADS``) can be faster."""
+    return workers or default_workers(placement(model)[0].type)
+
+
+def smoke_test(model: torch.nn.Module, layers: list[int], pool: str) -> None:
+    """Run the model once on silence, so that a device or dtype it cannot run on is one
+    usage error up front rather than the same error for every input."""
+    silence = np.zeros(int(model.config.receptive_field), np.float32)
+    try:
+        run_batch(model, [silence], layers, pool)
+    except Exception as e:  # noqa: BLE001
+        device, dtype = placement(model)
+        raise UsageError(
+            f"the model cannot run on {device} in {str(dtype).removeprefix('torch.')}: "
+            f"{one_line(e)}"
+        ) from None
+
+
+def run_batch(
+    model: torch.nn.Module, waves: Sequence[np.ndarray], layers: list[int], pool: str
+) -> list[Result]:
+    """One padded batch through the model; per item ``(array, frames)``.
+
+    ``waves``: 16 kHz mono float32 ``(samples,)`` each, already checked and
+    normalised. The array is ``(layers, dim)`` pooled or ``(layers, frames, dim)``.
+    """
+    device, dtype = placement(model)
+    x, lengths = pad(waves)  # (B, S), (B,)
+    x = x.to(device=device, dtype=dtype, non_blocking=True)
+    lengths = lengths.to(device)
+    with torch.inference_mode():
+        states, frame_lengths = model.hidden_states(x, lengths, layers=layers)
+        arrays = pool_layers(states, frame_lengths, pool)
+    return [Result(a, n) for a, n in zip(arrays, frame_lengths.tolist(), strict=True)]
+
+
+def run_long(
+    model: torch.nn.Module,
+    wave: np.ndarray,
+    layers: list[int],
+    pool: str,
+    chunk_seconds: float,
+    context_seconds: float,
+) -> Result:
+    """One long input ``(samples,)`` in windows with context (:mod:`w2v.longform`), pooled
+    as it streams."""
+    device, dtype = placement(model)
+    x = torch.from_numpy(wave).to(device=device, dtype=dtype)
+    acc = RunningPool(pool)
+    with torch.inference_mode():
+        for _, states in iter_chunks(
+            model, x, layers, chunk_seconds=chunk_seconds, context_seconds=context_seconds
+        ):
+            acc.update(states)
+    return Result(acc.result(), acc.frames, (chunk_seconds, context_seconds))
+
+
+def run_items(
+    model: torch.nn.Module, waves: Sequence[np.ndarray], layers: list[int], pool: str
+) -> list[Result | Exception]:
+    """:func:`run_batch`, falling back to one item at a time when the batch fails.
+
+    A failure that belongs to one item (or an out-of-memory batch) then costs
+    only that item.
+    """
+    if not waves:
+        return []
+    try:
+        return list(run_batch(model, waves, layers, pool))
+    except Exception as e:  # noqa: BLE001 - retried item by item below
+        if len(waves) == 1:
+            return [_model_error(e)]
+        _free_memory()
+    out: list[Result | Exception] = []
+    for w in waves:
+        try:
+            out.extend(run_batch(model, [w], layers, pool))
+        except Exception as e:  # noqa: BLE001
+            _free_memory()
+            out.append(_model_error(e))
+    return out
+
+
+def _model_error(e: Exception) -> Exception:
+    if isinstance(e, torch.OutOfMemoryError):
+        return RuntimeError(
+            "out of memory running the model on this input; lower --batch-seconds "
+            "or use a smaller --dtype"
+        )
+    return RuntimeError(f"model failed: {one_line(e)}")
+
+
+def _free_memory() -> None:
+    # a failed batch leaves its activations in the caching allocator; the retry needs them
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def stream(
+    model: torch.nn.Module,
+    sources: Sequence[Source],
+    layers: list[int],
+    pool: str,
+    *,
+    batch_seconds: float | None,
+    channel: int | None,
+    workers: int | None,
+    chunking: ChunkPolicy,
+    notice: Callable[[str], None],
+    clock: Clock | None = None,
+) -> Iterator[tuple[int, Result | Exception, AudioInfo | None]]:
+    """Yield ``(source index, (array, frames) or the exception, decoded AudioInfo or None)``.
+
+    Results come batch by batch (longest batch first), not in input order.
+    Inputs that ``chunking`` says to chunk run alone, window by window, with a
+    ``notice`` saying so. ``batch_seconds`` None: the device's default.
+    ``clock`` (optional) accumulates the model's time and the time spent waiting
+    for decoded audio.
+    """
+    clock = clock or Clock()
+    normalize_input = bool(getattr(model, "normalize", False))
+    min_samples = int(model.config.receptive_field)
+
+    def load(i: int) -> tuple[np.ndarray, AudioInfo]:
+        s = sources[i]
+        if s.path is not None:
+            return audio.load(
+                s.path, channel=channel, normalize_input=normalize_input, min_samples=min_samples
+            )
+        wave = audio.prepare(
+            s.wave, s.rate, normalize_input=normalize_input, min_samples=min_samples
+        )
+        return wave, AudioInfo(sample_rate=int(s.rate), channels=1, frames=int(s.wave.shape[0]))
+
+    if batch_seconds is None:
+        batch_seconds = default_batch_seconds(placement(model)[0])
+    plan = plan_batches([s.samples_16k for s in sources], batch_seconds)
+    decoded = prefetch(plan, load, workers=workers)
+    try:
+        for batch in plan:
+            start = time.perf_counter()
+            loaded = next(decoded)
+            clock.waiting += time.perf_counter() - start
+            good = []
+            for i, r in zip(batch, loaded, strict=True):
+                if isinstance(r, Exception):
+                    yield i, r, None
+                    continue
+                chunk = chunking.chunk_for(r[0].shape[0])
+                if chunk is None:
+                    good.append((i, r))
+                    continue
+                what = sources[i].path if sources[i].path is not None else f"input {i}"
+                notice(
+                    f"{what}: {r[0].shape[0] / SAMPLE_RATE:.1f} s long; extracting in {chunk:g} s "
+                    f"windows with {chunking.context_seconds:g} s context each side"
+                )
+                start = time.perf_counter()
+                try:
+                    res = run_long(model, r[0], layers, pool, chunk, chunking.context_seconds)
+                except Exception as e:  # noqa: BLE001 - reported per item
+                    _free_memory()
+                    res = _model_error(e)
+                clock.model += time.perf_counter() - start
+                yield i, res, r[1]
+            start = time.perf_counter()
+            results = run_items(model, [wave for _, (wave, _) in good], layers, pool)
+            clock.model += time.perf_counter() - start
+            allocator.after_batch()  # bounded mode: give the batch's freed memory back
+            for (i, (_, info)), res in zip(good, results, strict=True):
+                yield i, res, info
+    finally:
+        decoded.close()  # cancels read-ahead not yet started when the caller stops early
