@@ -67,7 +67,7 @@ class K3S2Weights(NamedTuple):
     @classmethod
     def of(cls, weight: torch.Tensor) -> K3S2Weights:
         # one copy into (tap, C_out, C_in), each tap's matrix then a transposed view (BLAS
-        # takes either layout; this copy is 3x faster than one into (tap, C_in, C_out))
+        # takes either layout; this copy is much faster than one into (tap, C_in, C_out))
         w0, w1, w2 = weight.permute(2, 0, 1).contiguous().mT.unbind(0)
         return cls(weight, w0, w1, w2, (w0 + w2) * 0.5, (w0 - w2) * 0.5)
 
