@@ -1,4 +1,10 @@
-"""w2v's checkpoint directory (``config.json`` + ``model.safetensors``) and the in-memory form."""
+"""w2v's checkpoint directory (``config.json`` + ``model.safetensors``) and the in-memory form.
+
+Reading checks everything ``config.json`` says (format, version, architecture,
+family, vocabulary) and that the weights are exactly those of the model the
+config describes, so a directory whose config and weights disagree fails here,
+with the file named, rather than later when the model is built.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from w2v.convert.files import read_json_object
+from w2v.convert.keys import check_state
 
 from w2v.atomic import atomic_write
 from w2v.config import CheckpointInfo, Config
-from w2v.errors import CheckpointError, one_line
+from w2v.errors import CheckpointError, one_line, quoted, shown
 
 FORMAT = "w2v"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+FAMILIES = ("wav2vec2", "hubert", "data2vec-audio", "wavlm")
 
 
 @dataclass(frozen=True)
@@ -55,62 +64,93 @@ def is_w2v_dir(path: str | os.PathLike) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
+        return read_json_object(cfg, "config").get("format") == FORMAT
+    except CheckpointError:
         return False
 
 
 def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:
-    """Write ``ckpt`` as a w2v checkpoint directory; each file is written atomically."""
+    """Write ``ckpt`` as a w2v checkpoint directory; each file is written atomically.
+
+    Raises :class:`CheckpointError` naming the directory when it cannot be written
+    (no space left, no permission); no partial file is left under a final name.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt.state_dict.items()}
-    atomic_write(
-        out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
-    )
     text = json.dumps(ckpt.metadata(), indent=2) + "\n"
-    atomic_write(out / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
+        )
+        atomic_write(out / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{out}: cannot write the checkpoint ({one_line(e, 200)})") from None
     return out
 
 
 def read(directory: str | os.PathLike) -> Checkpoint:
     """Read a w2v checkpoint directory written by :func:`save`."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(directory)
     cfg_path = d / CONFIG_FILE
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read w2v config ({e})") from None
+    meta = read_json_object(cfg_path, "w2v config")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path}: not a w2v checkpoint config")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", FORMAT_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{cfg_path}: format version {meta['format_version']} is newer than this w2v "
+            f"{cfg_path}: format version {version} is newer than this w2v "
             f"understands ({FORMAT_VERSION}); upgrade w2v"
         )
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise CheckpointError(
+            f"{cfg_path}: unknown format_version {quoted(version)} (this w2v writes "
+            f"{FORMAT_VERSION})"
+        )
     try:
-        config = Config.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: invalid config ({e})") from None
+        config = Config.from_dict(meta.get("config"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: invalid config ({shown(e, 300)})") from None
+    info = _info(meta, config, cfg_path, default_source=str(d))
     weights = d / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file is missing")
     try:
         state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights}: cannot read weights ({one_line(e)})") from None
-    return Checkpoint(
-        config=config,
-        state_dict=state,
-        info=CheckpointInfo(
-            family=meta.get("family", "wav2vec2"),
-            normalize=bool(meta.get("normalize", False)),
-            vocab=meta.get("vocab"),
-            source=meta.get("source", str(d)),
-        ),
-    )
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: all a damaged file
+        raise CheckpointError(f"{weights}: cannot read weights ({one_line(e, 200)})") from None
+    check_state(state, config, str(weights))
+    return Checkpoint(config=config, state_dict=state, info=info)
+
+
+def _info(
+    meta: dict[str, Any], config: Config, cfg_path: Path, default_source: str
+) -> CheckpointInfo:
+    """The :class:`CheckpointInfo` ``config.json`` describes, each field checked."""
+    family = meta.get("family", "wav2vec2")
+    if family not in FAMILIES:
+        raise CheckpointError(
+            f"{cfg_path}: unknown family {quoted(family)}; expected one of {', '.join(FAMILIES)}"
+        )
+    normalize = meta.get("normalize", False)
+    if not isinstance(normalize, bool):
+        raise CheckpointError(f"{cfg_path}: normalize must be true or false")
+    vocab = meta.get("vocab")
+    if vocab is not None and not (
+        isinstance(vocab, list)
+        and all(isinstance(s, str) for s in vocab)
+        and len(vocab) == config.vocab_size
+    ):
+        raise CheckpointError(
+            f"{cfg_path}: vocab must be a list of {config.vocab_size} strings (the CTC head's "
+            "outputs) or null"
+        )
+    source = meta.get("source", default_source)
+    if not isinstance(source, str):
+        raise CheckpointError(f"{cfg_path}: source must be a string")
+    return CheckpointInfo(family=family, normalize=normalize, vocab=vocab, source=source)

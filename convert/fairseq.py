@@ -14,8 +14,11 @@ from typing import Any
 import torch
 from w2v.convert.keys import Fill, Table, Transform, convert
 
-from w2v.config import Config
-from w2v.errors import CheckpointError
+from w2v.config import MAX_CONV_LAYERS, Config
+from w2v.errors import CheckpointError, quoted, shown
+
+MAX_CONV_SPEC = 2000
+"""Longest ``conv_feature_layers`` expression read (fairseq's own are under 100 characters)."""
 
 # fairseq model name (cfg.model._name or args.arch) → w2v family
 FAMILIES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "data2vec_audio": "data2vec-audio"}
@@ -63,16 +66,16 @@ def config_from_fairseq(model_cfg: dict) -> tuple[Config, str]:
     def get_int(key: str) -> int:
         value = get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise CheckpointError(f"{key} must be an integer, got {value!r}")
+            raise CheckpointError(f"{key} must be an integer, got {quoted(value)}")
         return int(value)
 
     if str(get("activation_fn")) != "gelu":
         raise CheckpointError(
-            f"activation_fn {get('activation_fn')!r} is not supported (gelu only)"
+            f"activation_fn {quoted(get('activation_fn'))} is not supported (gelu only)"
         )
     if str(get("layer_type")) != "transformer":
         raise CheckpointError(
-            f"layer_type {get('layer_type')!r} is not supported (transformer only)"
+            f"layer_type {quoted(get('layer_type'))} is not supported (transformer only)"
         )
     if get("quantize_input"):
         raise CheckpointError("quantize_input models are not supported")
@@ -81,7 +84,9 @@ def config_from_fairseq(model_cfg: dict) -> tuple[Config, str]:
     mode = str(get("extractor_mode"))
     conv_norm = {"default": "group", "layer_norm": "layer"}.get(mode)
     if conv_norm is None:
-        raise CheckpointError(f"extractor_mode {mode!r} is not supported (default or layer_norm)")
+        raise CheckpointError(
+            f"extractor_mode {quoted(mode)} is not supported (default or layer_norm)"
+        )
     layers = parse_conv_layers(get("conv_feature_layers"))
 
     depth = get_int("pos_conv_depth")
@@ -113,7 +118,7 @@ def config_from_fairseq(model_cfg: dict) -> tuple[Config, str]:
             pos_conv_depth=depth,
         )
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid architecture in the fairseq config: {e}") from None
+        raise CheckpointError(f"invalid architecture in the fairseq config: {shown(e)}") from None
     return config, family
 
 
@@ -122,15 +127,28 @@ def parse_conv_layers(spec: Any) -> list[tuple[int, int, int]]:
 
     The string is a Python expression; fairseq ``eval``\\ s it. Here it is
     parsed with :mod:`ast` and only list/tuple literals of integers joined by
-    ``+`` and repeated by ``* n`` are accepted.
+    ``+`` and repeated by ``* n`` are accepted, and no intermediate list may
+    grow beyond :data:`~w2v.config.MAX_CONV_LAYERS` layers (so
+    ``"[(1,1,1)] * 1000 * 1000 * 1000"`` is refused before it is built).
     """
     if isinstance(spec, (list, tuple)):
+        if len(spec) > MAX_CONV_LAYERS:
+            raise CheckpointError(
+                f"conv_feature_layers lists {len(spec)} layers (at most {MAX_CONV_LAYERS})"
+            )
         value: Any = list(spec)
+    elif not isinstance(spec, str) or len(spec) > MAX_CONV_SPEC:
+        raise CheckpointError(
+            f"conv_feature_layers {_spec(spec)} is not an expression of at most "
+            f"{MAX_CONV_SPEC} characters"
+        )
     else:
         try:
-            value = _literal(ast.parse(str(spec), mode="eval").body)
-        except (SyntaxError, ValueError, TypeError, RecursionError) as e:
-            raise CheckpointError(f"cannot parse conv_feature_layers {spec!r}: {e}") from None
+            value = _literal(ast.parse(spec, mode="eval").body)
+        except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as e:
+            raise CheckpointError(
+                f"cannot parse conv_feature_layers {_spec(spec)}: {shown(e)}"
+            ) from None
     layers = []
     for item in value if isinstance(value, list) else [None]:
         if not (
@@ -139,12 +157,16 @@ def parse_conv_layers(spec: Any) -> list[tuple[int, int, int]]:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
         ):
             raise CheckpointError(
-                f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) triples"
+                f"conv_feature_layers {_spec(spec)} is not a list of (dim, kernel, stride) triples"
             )
         layers.append(tuple(item))
     if not layers:
-        raise CheckpointError(f"conv_feature_layers {spec!r} is empty")
+        raise CheckpointError(f"conv_feature_layers {_spec(spec)} is empty")
     return layers
+
+
+def _spec(spec: Any) -> str:
+    return quoted(spec) if isinstance(spec, str) else f"(a {type(spec).__name__})"
 
 
 def _literal(node: ast.AST) -> Any:
@@ -157,18 +179,25 @@ def _literal(node: ast.AST) -> Any:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _literal(node.left), _literal(node.right)
         if isinstance(left, list) and isinstance(right, list):
-            return left + right
+            return _layers(len(left) + len(right)) and left + right
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
         left, right = _literal(node.left), _literal(node.right)
-        if isinstance(left, list) and isinstance(right, int) and 0 <= right <= 1000:
-            return left * right
+        if isinstance(left, list) and isinstance(right, int) and right >= 0:
+            return _layers(len(left) * right) and left * right
     raise ValueError(f"unsupported expression {ast.dump(node)[:60]}")
+
+
+def _layers(count: int) -> bool:
+    """True when a list of ``count`` layers may be built (the check comes before building it)."""
+    if count > MAX_CONV_LAYERS:
+        raise ValueError(f"it makes more than {MAX_CONV_LAYERS} layers")
+    return True
 
 
 def model_name(model_cfg: dict) -> str | None:
     """fairseq's name of the model a config section describes (``_name`` or legacy ``arch``)."""
     name = model_cfg.get("_name", model_cfg.get("arch"))
-    return str(name) if name is not None else None
+    return name if name is None or isinstance(name, str) else shown(name)
 
 
 def _unsupported(name: str) -> str:
@@ -181,7 +210,7 @@ def _unsupported(name: str) -> str:
     else:
         why = "not a wav2vec 2.0 family encoder w2v knows"
     supported = ", ".join([*FAMILIES, *CTC_MODELS])
-    return f"fairseq model type {name!r} is not supported ({why}); supported: {supported}"
+    return f"fairseq model type {_spec(name)} is not supported ({why}); supported: {supported}"
 
 
 # Key tables: fairseq template → w2v template. "{}" is a layer index; other

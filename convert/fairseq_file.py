@@ -28,10 +28,10 @@ from w2v.convert.fairseq import (
     convert_fairseq_state_dict,
     model_name,
 )
-from w2v.convert.safe_pickle import Record, Refused, RefusedGlobal, read_torch_file, to_plain
+from w2v.convert.safe_pickle import Record, load_torch_file, to_plain
 
 from w2v.config import CheckpointInfo
-from w2v.errors import CheckpointError, one_line
+from w2v.errors import CheckpointError
 
 
 def read_fairseq(path: str | os.PathLike) -> Checkpoint:
@@ -40,7 +40,7 @@ def read_fairseq(path: str | os.PathLike) -> Checkpoint:
     Raises :class:`CheckpointError` with a one-line message naming the file.
     """
     p = Path(path)
-    obj = _unpickle(p)
+    obj = load_torch_file(p)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(
             f"{p}: not a fairseq checkpoint (expected a dict with a 'model' state dict); "
@@ -74,7 +74,10 @@ def read_fairseq(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(
                 f"{p}: CTC checkpoint has no w2v_encoder.proj.weight (the output projection)"
             )
-        config = replace(config, vocab_size=int(head.shape[0]))
+        try:
+            config = replace(config, vocab_size=int(head.shape[0]))
+        except ValueError as e:
+            raise CheckpointError(f"{p}: CTC head w2v_encoder.proj.weight: {e}") from None
         vocab = _target_symbols(obj.get("task_state"))
     state, notices = convert_fairseq_state_dict(state, config, source=str(p))
     if vocab is not None and len(vocab) != config.vocab_size:
@@ -92,28 +95,6 @@ def read_fairseq(path: str | os.PathLike) -> Checkpoint:
         info=CheckpointInfo(family=family, normalize=bool(normalize), vocab=vocab, source=str(p)),
         notices=tuple(notices),
     )
-
-
-def _unpickle(p: Path) -> Any:
-    try:
-        return read_torch_file(p)
-    except RefusedGlobal as e:
-        raise CheckpointError(
-            f"{p}: refusing to load: the pickle references {e.module}.{e.name}, which w2v does not "
-            "allow (a checkpoint needs only tensors, plain data and configs; loading this one "
-            "could run code). Do not load this file with torch.load either"
-        ) from None
-    except Refused as e:
-        raise CheckpointError(
-            f"{p}: refusing to load: {e} (w2v never runs code from a checkpoint)"
-        ) from None
-    except OSError as e:
-        raise CheckpointError(f"{p}: cannot read the file ({e.strerror or e})") from None
-    except Exception as e:  # a damaged file can fail in many ways; all mean the same to the user
-        raise CheckpointError(
-            f"{p}: cannot read as a PyTorch checkpoint ({one_line(e, 200)}); "
-            "the file may be truncated or corrupt"
-        ) from None
 
 
 def _sections(obj: dict, p: Path) -> tuple[dict, dict]:
@@ -139,12 +120,12 @@ def _sections(obj: dict, p: Path) -> tuple[dict, dict]:
 
 
 def _flag(section: Any, key: str) -> bool | None:
-    if isinstance(section, dict) and section.get(key) is not None:
-        value = section[key]
-        if isinstance(value, str):
-            return value.lower() in ("true", "1", "yes")
+    value = section.get(key) if isinstance(section, dict) else None
+    if isinstance(value, str):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, (bool, int, float)):
         return bool(value)
-    return None
+    return None  # absent, or not a flag at all
 
 
 def _target_symbols(task_state: Any) -> list[str] | None:

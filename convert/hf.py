@@ -12,6 +12,7 @@ import torch
 from w2v.convert.keys import Table, convert
 
 from w2v.config import Config
+from w2v.errors import quoted
 
 # model_type → (family, backbone prefix in head models)
 MODEL_TYPES = {
@@ -145,9 +146,9 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
     model types and settings w2v does not implement.
     """
     model_type = cfg.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         raise ValueError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)}"
+            f"unsupported model_type {quoted(model_type)}; supported: {', '.join(MODEL_TYPES)}"
         )
     family = MODEL_TYPES[model_type][0]
 
@@ -156,14 +157,14 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
 
     for name in ("hidden_act", "feat_extract_activation"):
         if get(name) != "gelu":
-            raise ValueError(f"{name}={get(name)!r} is not supported (only 'gelu')")
+            raise ValueError(f"{name}={quoted(get(name))} is not supported (only 'gelu')")
     if get("add_adapter"):
         raise ValueError("add_adapter=true (a Wav2Vec2 adapter stack) is not supported")
     norm = get("feat_extract_norm")
     if family == "data2vec-audio":
         norm = "layer"  # data2vec-audio always uses LayerNorm conv layers
     if norm not in ("group", "layer"):
-        raise ValueError(f"feat_extract_norm={norm!r} is not supported (group or layer)")
+        raise ValueError(f"feat_extract_norm={quoted(norm)} is not supported (group or layer)")
 
     fields: dict[str, Any] = dict(
         conv_dim=get("conv_dim"),
@@ -197,7 +198,9 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
             rel_pos_buckets=get("num_buckets"), rel_pos_max_distance=get("max_bucket_distance")
         )
     if ctc:
-        fields["vocab_size"] = int(cfg["vocab_size"])
+        if "vocab_size" not in cfg:
+            raise ValueError("a CTC model's config needs vocab_size")
+        fields["vocab_size"] = cfg["vocab_size"]  # Config checks it is a size
     return Config(**fields), family
 
 

@@ -1,53 +1,56 @@
 """Reading a Hugging Face model directory: ``config.json``, the weights (safetensors,
 sharded, or ``pytorch_model.bin``), ``preprocessor_config.json`` and the CTC ``vocab.json``.
 
-The conversion itself is the pure :mod:`w2v.convert.hf`.
+The conversion itself is the pure :mod:`w2v.convert.hf`. Every file is read
+defensively (:mod:`w2v.convert.files`); ``pytorch_model.bin`` goes through the
+same allow-list unpickler as fairseq checkpoints; a shard index may only name
+files inside the directory.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from w2v.convert.checkpoint import Checkpoint
+from w2v.convert.files import inside, read_json_object
 from w2v.convert.hf import config_from_hf, convert_hf_state_dict
+from w2v.convert.safe_pickle import load_torch_file
 
 from w2v.config import SAMPLE_RATE, CheckpointInfo
-from w2v.errors import CheckpointError, one_line
+from w2v.errors import CheckpointError, one_line, quoted, shown
 
 
 def read_hf(path: str | Path) -> Checkpoint:
     """Read a Hugging Face model directory (``save_pretrained`` output or a hub snapshot)."""
     d = Path(path)
     cfg_path = d / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_object(cfg_path, "config")
     architectures = cfg.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CheckpointError(
+            f"{cfg_path}: architectures must be a list of class names, got {shown(architectures)}"
+        )
     state = read_hf_weights(d)
     ctc = any(a.endswith("ForCTC") for a in architectures) or "lm_head.weight" in state
     try:
         config, family = config_from_hf(cfg, ctc=ctc)
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
+        raise CheckpointError(f"{cfg_path}: {shown(e, 300)}") from None
     weights, dropped = convert_hf_state_dict(state, config, family, source=str(d))
     notices = []
     if dropped:
         heads = sorted({k.split(".")[0] for k in dropped})
         notices.append(
             f"{d}: kept the {family} encoder; dropped {len(dropped)} weights of "
-            f"{', '.join(heads)} not used for feature extraction"
+            f"{shown(', '.join(heads))} not used for feature extraction"
         )
     normalize, pre_notice = _read_normalize(d)
     if pre_notice:
         notices.append(pre_notice)
+    name = architectures[0] if architectures else cfg["model_type"]
     return Checkpoint(
         config=config,
         state_dict=weights,
@@ -55,14 +58,14 @@ def read_hf(path: str | Path) -> Checkpoint:
             family=family,
             normalize=normalize,
             vocab=_read_vocab(d, config.vocab_size),
-            source=f"transformers {architectures[0] if architectures else cfg['model_type']} from {d}",
+            source=f"transformers {shown(name, 80)} from {d}",
         ),
         notices=tuple(notices),
     )
 
 
 def read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
-    """Weights from model.safetensors, sharded safetensors, or pytorch_model.bin (weights_only)."""
+    """Weights from model.safetensors, sharded safetensors, or pytorch_model.bin (allow-list)."""
     candidates = [
         (d / "model.safetensors", _load_safetensors),
         (d / "model.safetensors.index.json", _load_sharded),
@@ -81,36 +84,46 @@ def read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
 def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file}: cannot read weights ({one_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: all a damaged file
+        raise CheckpointError(f"{file}: cannot read weights ({one_line(e, 200)})") from None
 
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{file}: cannot read weights ({one_line(e)})") from None
+    state = load_torch_file(file)
     if not isinstance(state, dict):
-        raise CheckpointError(f"{file}: expected a state dict, got {type(state).__name__}")
+        raise CheckpointError(f"{file}: expected a state dict, got a {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{file}: expected a state dict of tensors; {shown(key)} is a "
+                f"{type(value).__name__}"
+            )
     return state
 
 
 def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: cannot read shard index ({one_line(e)})") from None
+    data = read_json_object(index, "shard index")
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(
+            f"{index}: weight_map must be a JSON object mapping weight names to shard files"
+        )
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        file = index.parent / shard
-        if not file.is_file():
-            raise CheckpointError(f"{index}: shard {shard} is missing")
-        loader = _load_safetensors if shard.endswith(".safetensors") else _load_bin
-        state.update(loader(file))
+        file = inside(index.parent, shard, index)
+        if shard.endswith(".safetensors"):
+            state.update(_load_safetensors(file))
+        elif shard.endswith(".bin"):
+            state.update(_load_bin(file))
+        else:
+            raise CheckpointError(f"{index}: shard {shown(shard)} is neither .safetensors nor .bin")
     missing = sorted(set(weight_map) - set(state))
     if missing:
         raise CheckpointError(
-            f"{index}: keys listed in the index are absent from the shards: {', '.join(missing[:5])}"
+            f"{index}: keys listed in the index are absent from the shards: "
+            f"{shown(', '.join(missing[:5]))}"
         )
     return state
 
@@ -122,16 +135,16 @@ def _read_normalize(d: Path) -> tuple[bool, str | None]:
             f"{d}: no preprocessor_config.json; input normalisation is off "
             "(add the file, or set model.normalize, if the model was trained with it)"
         )
-    try:
-        data = json.loads(pre.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{pre}: cannot read ({one_line(e)})") from None
+    data = read_json_object(pre, "preprocessor config")
     rate = data.get("sampling_rate", SAMPLE_RATE)
     if rate != SAMPLE_RATE:
         raise CheckpointError(
-            f"{pre}: sampling_rate {rate} is not supported (w2v models take 16 kHz)"
+            f"{pre}: sampling_rate {quoted(rate)} is not supported (w2v models take 16 kHz)"
         )
-    return bool(data.get("do_normalize", True)), None
+    normalize = data.get("do_normalize", True)
+    if not isinstance(normalize, bool):
+        raise CheckpointError(f"{pre}: do_normalize must be true or false, got {quoted(normalize)}")
+    return normalize, None
 
 
 def _read_vocab(d: Path, vocab_size: int | None) -> list[str] | None:
@@ -139,14 +152,14 @@ def _read_vocab(d: Path, vocab_size: int | None) -> list[str] | None:
     file = d / "vocab.json"
     if vocab_size is None or not file.is_file():
         return None
-    try:
-        vocab = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(vocab, dict) and vocab and all(isinstance(v, dict) for v in vocab.values()):
+    vocab: Any = read_json_object(file, "vocabulary")
+    if vocab and all(isinstance(v, dict) for v in vocab.values()):
         vocab = next(iter(vocab.values()))  # multilingual tokenizers nest one vocab per language
-    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
-        return None
-    if len(vocab) != vocab_size:
-        return None
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise CheckpointError(
+            f"{file}: a vocabulary must map each token to an integer id (or each language to "
+            "such a map)"
+        )
+    if sorted(vocab.values()) != list(range(len(vocab))) or len(vocab) != vocab_size:
+        return None  # not this head's vocabulary: the model is still usable without one
     return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]

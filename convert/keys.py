@@ -17,10 +17,17 @@ A :class:`Table` says what happens to every key a checkpoint may hold:
   → a hint added to the unknown-key error.
 
 :func:`convert` renames a state dict through a table and checks the result
-against the model the config describes. Every failure is a
+against the model the config describes (:func:`check_state`, which also
+checks a w2v checkpoint's own weights). Every failure is a
 :class:`CheckpointError` naming the source key: a key the table does not know,
 two keys giving one w2v key, a weight that is not a tensor, a weight the
 model has no place for, a weight it needs that nothing gives, a wrong shape.
+
+The model the config describes is built (on the meta device: sizes cost
+nothing) only after the number of layers and blocks it repeats agrees with
+the weights (:data:`REPEATS`), so a config naming 10**5 layers beside weights
+of 2 is refused at once; a fill never makes a weight larger than all the
+given weights together.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from w2v.config import Config
-from w2v.errors import CheckpointError
+from w2v.errors import CheckpointError, shown
 from w2v.nn.model import Model
 
 SLOT = "{}"
@@ -204,15 +211,27 @@ def expected_state(config: Config) -> dict[str, torch.Tensor]:
         return Model(config).state_dict()
 
 
+# Blocks the model repeats, by w2v key prefix: what the config calls the count, and the count.
+REPEATS: tuple[tuple[str, str, Callable[[Config], int]], ...] = (
+    ("feature_extractor.conv_layers.", "conv layers", lambda c: len(c.conv_dim)),
+    ("encoder.layers.", "layers", lambda c: c.num_layers),
+    (
+        "encoder.pos_conv_embed.layers.",
+        "positional conv blocks",
+        lambda c: c.pos_conv_depth if c.pos_conv == "stack" else 0,
+    ),
+)
+
+
 def convert(
     state: Mapping[str, object], table: Table, config: Config, source: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename ``state`` through ``table`` → (w2v state dict, source keys dropped as ignored).
 
     Then transforms and fills apply, and the result must be exactly the state
-    dict of the model ``config`` describes (keys and shapes). Pure: the input is
-    not modified and tensors are only copied where a transform does so.
-    ``source`` (a file name) starts every error message.
+    dict of the model ``config`` describes (keys and shapes, :func:`check_state`).
+    Pure: the input is not modified and tensors are only copied where a
+    transform does so. ``source`` (a file name) starts every error message.
     """
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}  # w2v key → the source key that gave it
@@ -222,55 +241,122 @@ def convert(
         target = table.target(key) if isinstance(key, str) else None
         if target is not None:
             if not isinstance(value, torch.Tensor):
-                raise CheckpointError(f"{source}: {key} is a {type(value).__name__}, not a tensor")
+                raise CheckpointError(
+                    f"{source}: {shown(key)} is a {type(value).__name__}, not a tensor"
+                )
             if target in out:
-                raise CheckpointError(f"{source}: {origin[target]} and {key} both give {target}")
+                raise CheckpointError(
+                    f"{source}: {shown(origin[target])} and {shown(key)} both give {target}"
+                )
             out[target], origin[target] = value, key
         elif isinstance(key, str) and table.ignores(key):
             dropped.append(key)
         else:
-            unknown.append(key if isinstance(key, str) else repr(key))
+            unknown.append(key)
     if unknown:
-        hint = next((h for k in unknown if (h := table.hint(k)) is not None), None)
+        hint = next((h for k in unknown if isinstance(k, str) and (h := table.hint(k))), None)
         raise CheckpointError(
             f"{source}: unknown weight keys: {_some(unknown)}" + (f" ({hint})" if hint else "")
         )
-
-    expected = expected_state(config)
-    for target, transform in table.transforms.items():
-        if target in out and target in expected:
-            out[target] = transform.fn(out[target], expected[target])
-    for target, fill in table.fills.items():
-        if target not in out and target in expected:
-            out[target] = fill.fn(expected[target], out)
 
     def named(target: str) -> str:
         # the key the user would look for in their checkpoint, and w2v's when it differs
         key = origin.get(target) or table.source_of(target) or target
         return key if key == target else f"{key} (w2v {target})"
 
-    extra = [k for k in out if k not in expected]
+    _check_repeats(out, config, source, named)
+    expected = expected_state(config)
+    for target, transform in table.transforms.items():
+        if target in out and target in expected:
+            out[target] = transform.fn(out[target], expected[target])
+    given = sum(t.numel() for t in out.values())
+    for target, fill in table.fills.items():
+        if target not in out and target in expected:
+            if expected[target].numel() > given:
+                raise CheckpointError(
+                    f"{source}: {named(target)} is missing, and the config makes it larger "
+                    "than all the given weights together; the config and weights disagree"
+                )
+            out[target] = fill.fn(expected[target], out)
+    check_state(out, config, source, named, expected)
+    return out, dropped
+
+
+def check_state(
+    state: Mapping[str, torch.Tensor],
+    config: Config,
+    source: str,
+    named: Callable[[str], str] = str,
+    expected: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` (w2v keys) is exactly the state dict of
+    the model ``config`` describes: the same keys, each a tensor of the same shape.
+
+    ``named(w2v_key)`` → the key as the user's checkpoint spells it, for messages;
+    ``expected``: :func:`expected_state` when the caller has it.
+    """
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{source}: {shown(key)} is a {type(value).__name__}, not a tensor"
+            )
+    if expected is None:
+        _check_repeats(state, config, source, named)
+        expected = expected_state(config)
+    extra = [k for k in state if k not in expected]
     if extra:
         raise CheckpointError(
             f"{source}: weights the configured architecture has no place for: "
-            f"{_some([origin.get(k, k) for k in extra])} (config: {config.num_layers} layers, "
+            f"{_some([named(k) for k in extra])} (config: {config.num_layers} layers, "
             f"conv_norm {config.conv_norm!r}, pos_conv {config.pos_conv!r}); "
             "the checkpoint's config and weights disagree"
         )
-    missing = [k for k in expected if k not in out]
+    missing = [k for k in expected if k not in state]
     if missing:
         raise CheckpointError(
             f"{source}: missing weight keys: {_some([named(k) for k in missing])}"
         )
     for k, want in expected.items():
-        if out[k].shape != want.shape:
+        if state[k].shape != want.shape:
             raise CheckpointError(
-                f"{source}: {named(k)} has shape {tuple(out[k].shape)}, "
+                f"{source}: {shown(named(k))} has shape {tuple(state[k].shape)}, "
                 f"the config implies {tuple(want.shape)}"
             )
-    return out, dropped
 
 
-def _some(names: list[str], limit: int = 5) -> str:
+def _check_repeats(
+    state: Mapping[str, object], config: Config, source: str, named: Callable[[str], str]
+) -> None:
+    """The blocks the config repeats (:data:`REPEATS`) are the ones the weights have: checked
+    before the model is built, which takes time in proportion to the count."""
+    for prefix, what, count in REPEATS:
+        want = count(config)
+        indexed = {
+            k: _index(k, prefix) for k in state if isinstance(k, str) and k.startswith(prefix)
+        }
+        beyond = [k for k, i in indexed.items() if i is not None and i >= want]
+        if beyond:
+            raise CheckpointError(
+                f"{source}: weights the configured architecture has no place for: "
+                f"{_some([named(k) for k in beyond])} (config: {want} {what}); "
+                "the checkpoint's config and weights disagree"
+            )
+        found = len({i for i in indexed.values() if i is not None})
+        if found < want:
+            raise CheckpointError(
+                f"{source}: the config has {want} {what} but the weights have {found}; "
+                "the checkpoint's config and weights disagree"
+            )
+
+
+def _index(key: str, prefix: str) -> int | None:
+    """The block index right after ``prefix`` in ``key``, or None when there is none."""
+    head = key[len(prefix) :].split(".", 1)[0]
+    return int(head) if head.isascii() and head.isdigit() and len(head) <= 9 else None
+
+
+def _some(names: list, limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` (keys from the file, so each :func:`shown`), and how
+    many more."""
     more = len(names) - limit
-    return ", ".join(names[:limit]) + (f" (+{more} more)" if more > 0 else "")
+    return ", ".join(shown(n) for n in names[:limit]) + (f" (+{more} more)" if more > 0 else "")

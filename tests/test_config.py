@@ -128,3 +128,32 @@ def test_every_named_config_has_the_standard_frontend():
     for name in config_names():
         config = Config.from_name(name)
         assert (config.hop_length, config.receptive_field) == (320, 400), name
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(num_heads=0), "num_heads"),
+        (dict(pos_conv_groups=0), "pos_conv_groups"),
+        (dict(hidden_size=-768, num_heads=-12), "hidden_size"),
+        (dict(num_layers=10**5), "num_layers"),
+        (dict(hidden_size=10**9, num_heads=1), "hidden_size"),
+        (dict(conv_dim=(512,) * 10**5), "conv_dim"),
+        (dict(conv_dim="512"), "conv_dim"),
+        (dict(conv_stride=(5, 2, 2, 2, 2, 2, 0)), "conv_stride"),
+        (dict(num_heads=True), "num_heads"),
+        (dict(conv_bias=1), "conv_bias"),
+        (dict(layer_norm_eps=float("nan")), "layer_norm_eps"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(intermediate_size=10**400), "intermediate_size"),
+    ],
+)
+def test_absurd_values_are_one_line_value_errors(fields, match):
+    with pytest.raises(ValueError, match=match) as e:
+        Config(**fields)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 200
+
+
+def test_from_dict_needs_an_object():
+    with pytest.raises(ValueError, match="JSON object"):
+        Config.from_dict([1, 2])

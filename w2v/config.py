@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from w2v.errors import quoted
+
 SAMPLE_RATE = 16000
 """Samples per second of every model's input (the checkpoints were trained on 16 kHz audio)."""
+
+MAX_LAYERS = 1000
+"""Most transformer layers a config may have (the largest public model has 48)."""
+
+MAX_CONV_LAYERS = 64
+"""Most conv feature-encoder layers, and most positional-conv blocks (public models: 7 and 5)."""
+
+MAX_SIZE = 1 << 20
+"""Largest width, kernel, stride, head or group count, bucket count or vocabulary a config may
+name. A sanity bound that refuses absurd configs at once; converters also check every size
+against the checkpoint's own weights before building anything."""
 
 CONV_NORMS = ("group", "layer")
 POS_CONVS = ("weight_norm", "batch_norm", "stack")
@@ -58,16 +72,39 @@ class Config:
 
     def __post_init__(self) -> None:
         for name in ("conv_dim", "conv_kernel", "conv_stride"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise ValueError(f"{name} must be a list of integers, got {quoted(value)}")
+            if not 1 <= len(value) <= MAX_CONV_LAYERS:
+                raise ValueError(
+                    f"{name} must list 1 to {MAX_CONV_LAYERS} conv layers, got {len(value)}"
+                )
+            object.__setattr__(self, name, tuple(_size(f"{name} entry", v) for v in value))
         if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
             raise ValueError(
                 "conv_dim, conv_kernel and conv_stride must have the same length, got "
                 f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}"
             )
+        for name in ("conv_bias", "layer_norm_first", "feat_proj_layer_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {quoted(getattr(self, name))}")
         if self.conv_norm not in CONV_NORMS:
-            raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {self.conv_norm!r}")
+            raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {quoted(self.conv_norm)}")
         if self.pos_conv not in POS_CONVS:
-            raise ValueError(f"pos_conv must be one of {POS_CONVS}, got {self.pos_conv!r}")
+            raise ValueError(f"pos_conv must be one of {POS_CONVS}, got {quoted(self.pos_conv)}")
+        for name in (
+            "hidden_size", "num_heads", "intermediate_size", "pos_conv_kernel",
+            "pos_conv_groups", "rel_pos_max_distance",
+        ):  # fmt: skip
+            _size(name, getattr(self, name))
+        _size("num_layers", self.num_layers, limit=MAX_LAYERS)
+        _size("pos_conv_depth", self.pos_conv_depth, limit=MAX_CONV_LAYERS)
+        _size("rel_pos_buckets", self.rel_pos_buckets, minimum=0)
+        if self.vocab_size is not None:
+            _size("vocab_size", self.vocab_size)
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+            raise ValueError(f"layer_norm_eps must be a finite number >= 0, got {quoted(eps)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -77,8 +114,6 @@ class Config:
                 f"hidden_size {self.hidden_size} is not divisible by pos_conv_groups "
                 f"{self.pos_conv_groups}"
             )
-        if self.pos_conv_depth < 1:
-            raise ValueError(f"pos_conv_depth must be >= 1, got {self.pos_conv_depth}")
 
     # Derived values -------------------------------------------------------
     @property
@@ -110,16 +145,27 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
-            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+            raise ValueError(f"unknown config fields: {quoted(', '.join(unknown))}")
         return cls(**d)
 
     @classmethod
     def from_name(cls, name: str) -> Config:
         """The named architecture ``configs/<name>.json`` (exact match)."""
         return cls.from_dict(named_config_info(name)["config"])
+
+
+def _size(name: str, value: Any, *, minimum: int = 1, limit: int = MAX_SIZE) -> int:
+    """``value`` when it is an integer in ``[minimum, limit]``; ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= limit:
+        raise ValueError(
+            f"{name} must be an integer from {minimum} to {limit}, got {quoted(value)}"
+        )
+    return value
 
 
 def _config_files() -> dict[str, Any]:
