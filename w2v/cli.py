@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
+from collections.abc import Callable, Iterator
 
 from w2v.allocator import MODES, tune_allocator
-from w2v.convert.checkpoint import CheckpointError, save
-from w2v.convert.load import read_checkpoint
-from w2v.errors import UsageError
-from w2v.loading import DTYPES
+from w2v.errors import CheckpointError, UsageError, one_line
+from w2v.loading import DTYPES, convert
 from w2v.longform import AUTO_CHUNK_SECONDS, DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
 from w2v.pipeline import embed_files, parse_layers
 from w2v.pipeline.batching import (
@@ -23,27 +24,46 @@ from w2v.pipeline.outputs import FORMATS, MANIFEST
 from w2v.pipeline.pooling import POOLS
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(show: Callable[[str], None]) -> Iterator[None]:
+    """Warnings raised meanwhile (``w2v.load``'s dropped-head notices, a library's remarks)
+    go to ``show`` as one clean line each instead of Python's form with a source location."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        show(one_line(message) if isinstance(message, Warning) else one_line(Warning(message)))
+
+    with warnings.catch_warnings():
+        warnings.showwarning = showwarning
+        yield
+
+
 def _convert(args: argparse.Namespace) -> int:
+    def notice(text: str) -> None:
+        if not args.quiet:
+            print(f"w2v convert: {text}", file=sys.stderr)
+
     try:
-        ckpt = read_checkpoint(args.src)
-    except CheckpointError as e:
+        with _warnings_as_lines(notice):
+            ckpt = convert(args.src, args.dst, overwrite=args.overwrite)
+    except (UsageError, CheckpointError) as e:
         print(f"w2v convert: error: {e}", file=sys.stderr)
         return 2
-    for notice in ckpt.notices:
-        print(f"w2v convert: {notice}", file=sys.stderr)
-    try:
-        out = save(ckpt, args.dst)
-    except OSError as e:
-        print(f"w2v convert: error: cannot write {args.dst}: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({ckpt.info.family}, {ckpt.config.num_layers} layers)", file=sys.stderr)
+    for text in ckpt.notices:
+        notice(text)
+    print(
+        f"wrote {args.dst} ({ckpt.info.family}, {ckpt.config.num_layers} layers)", file=sys.stderr
+    )
     return 0
 
 
 class _Bar:
-    """tqdm progress on stderr (files, audio seconds per second, ETA) and one line per failure.
+    """tqdm progress on stderr (files done, audio seconds per second, ETA) and one line per
+    failure and per notice; ``quiet`` keeps only the failures.
 
-    Implements :class:`w2v.pipeline.Progress`; the bar shows only on a terminal.
+    Implements :class:`w2v.pipeline.Progress`; the bar shows only on a terminal. It
+    counts audio seconds, or files when no input's duration is known. Headers can
+    under-state a file's length, so the count is held at the total: a bar past 100 %
+    would show a negative ETA (and tqdm warns).
     """
 
     def __init__(self, quiet: bool) -> None:
@@ -51,6 +71,7 @@ class _Bar:
         self.bar = None
         self.files = 0
         self.done = 0
+        self.by_files = False
 
     def start(self, files: int, seconds: float, skipped: int) -> None:
         self.files = files
@@ -58,44 +79,43 @@ class _Bar:
             return
         from tqdm import tqdm
 
+        self.by_files = not seconds > 0
         self.bar = tqdm(
-            total=seconds,
-            unit=" audio s",
-            unit_scale=True,
+            total=files if self.by_files else seconds,
+            unit=" files" if self.by_files else " audio s",
+            unit_scale=not self.by_files,
             dynamic_ncols=True,
             file=sys.stderr,
-            desc="w2v embed",
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}, {rate_fmt}]",
+            desc=self._desc(),
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}, {rate_fmt}]",
         )
-        self._postfix()
 
-    def _postfix(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.done}/{self.files} files", refresh=False)
+    def _desc(self) -> str:
+        return f"w2v embed {self.done}/{self.files} files"
 
-    def item(self, entry: dict) -> None:
-        self.done += 1
-        if entry["status"] != "ok" and not self.quiet:
-            line = f"w2v embed: error: {entry['error']}"
-            if self.bar is not None:
-                self.bar.write(line, file=sys.stderr)
-            else:
-                print(line, file=sys.stderr)
-        if self.bar is not None:
-            self._postfix()
-            self.bar.update(entry.get("duration") or 0.0)
-
-    def notice(self, text: str) -> None:
-        if self.quiet:
-            return
-        line = f"w2v embed: {text}"
+    def _line(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
             print(line, file=sys.stderr)
 
+    def item(self, entry: dict) -> None:
+        self.done += 1
+        if entry["status"] != "ok":
+            self._line(f"w2v embed: error: {entry['error']}")
+        if self.bar is not None:
+            self.bar.set_description_str(self._desc(), refresh=False)
+            step = 1.0 if self.by_files else float(entry.get("duration") or 0.0)
+            self.bar.update(max(0.0, min(step, self.bar.total - self.bar.n)))
+
+    def notice(self, text: str) -> None:
+        if not self.quiet:
+            self._line(f"w2v embed: {text}")
+
     def close(self) -> None:
         if self.bar is not None:
+            if self.done >= self.files:  # headers may have over-stated the audio
+                self.bar.update(max(0.0, self.bar.total - self.bar.n))
             self.bar.close()
             self.bar = None
 
@@ -138,24 +158,25 @@ def _embed(args: argparse.Namespace) -> int:
             )
         if allocator != "glibc":
             tune_allocator(allocator)  # bounded: resident memory follows live tensors
-        summary = embed_files(
-            args.inputs,
-            args.model,
-            args.out,
-            layers=args.layers,
-            pool=args.pool,
-            fmt=args.format,
-            batch_seconds=args.batch_seconds,
-            device=args.device,
-            dtype=args.dtype,
-            channel=args.channel,
-            overwrite=args.overwrite,
-            workers=args.workers,
-            progress=bar,
-            chunk_seconds=args.chunk_seconds,
-            context_seconds=args.context_seconds,
-            compile=args.compile,
-        )
+        with _warnings_as_lines(bar.notice):
+            summary = embed_files(
+                args.inputs,
+                args.model,
+                args.out,
+                layers=args.layers,
+                pool=args.pool,
+                fmt=args.format,
+                batch_seconds=args.batch_seconds,
+                device=args.device,
+                dtype=args.dtype,
+                channel=args.channel,
+                overwrite=args.overwrite,
+                workers=args.workers,
+                progress=bar,
+                chunk_seconds=args.chunk_seconds,
+                context_seconds=args.context_seconds,
+                compile=args.compile,
+            )
     except UsageError as e:
         print(f"w2v embed: error: {e}", file=sys.stderr)
         return 2
@@ -177,7 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a Hugging Face directory or fairseq .pt into a w2v checkpoint directory",
     )
     p.add_argument("src", help="Hugging Face model directory or fairseq .pt file")
-    p.add_argument("dst", help="output directory (config.json + model.safetensors)")
+    p.add_argument(
+        "dst",
+        help="output directory (config.json + model.safetensors): new, empty, or an earlier "
+        "output of w2v convert; never the source, inside it, or holding it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty directory that holds no w2v checkpoint (its config.json "
+        "and model.safetensors are replaced; nothing else is touched)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no notices; only errors and the result")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser(
@@ -185,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write per-layer embeddings of audio files",
         description="Embed audio files: one output file per input under --out, plus "
         "manifest.jsonl. Exit status 0 when every input succeeded, 1 when some failed "
-        "(the rest are written), 2 for usage errors.",
+        "(the rest are written), 2 for usage errors (bad arguments, an input that does not "
+        "exist, a model that cannot be loaded), another run holding DIR, DIR holding results "
+        "of other settings, and a full disk.",
     )
     p.add_argument(
         "inputs",
@@ -260,9 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the model through torch.compile (a slow first batch, then faster)",
     )
-    p.add_argument("--overwrite", action="store_true", help="recompute inputs already done")
     p.add_argument(
-        "--quiet", action="store_true", help="no progress bar or error lines; only the summary"
+        "--overwrite",
+        action="store_true",
+        help="recompute inputs already done; replace results of other settings in DIR",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or notices; only errors and the summary",
     )
     p.set_defaults(func=_embed)
     return parser

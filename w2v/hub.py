@@ -29,6 +29,21 @@ ALLOW_PATTERNS = [
 ]
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+"""The form of a hub id, ``org/name``; see :func:`is_hub_id` for when a string is read as one."""
+
+
+def is_hub_id(model: str | os.PathLike) -> bool:
+    """Whether ``model`` is read as a hub id rather than a local path.
+
+    It is when it is a string of the form ``org/name`` (:data:`HUB_ID`), nothing
+    exists at that path, ``org`` is not an existing local directory (then
+    ``models/nope`` is a mistyped path, not a model on the hub), and it does not
+    end in ``.pt`` (a fairseq checkpoint file). Anything else is a path; write
+    ``./org/name`` to force that reading.
+    """
+    if not isinstance(model, str) or not HUB_ID.match(model) or os.path.lexists(model):
+        return False
+    return not os.path.isdir(model.split("/", 1)[0]) and not model.endswith(".pt")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -77,8 +92,8 @@ def resolve_hub(model_id: str, cache_dir: str | os.PathLike | None = None) -> Pa
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, HTTP errors: all the same advice
         reason = " ".join(str(e).split()) or type(e).__name__
         raise HubError(
-            f"cannot download {model_id!r} from the Hugging Face hub ({type(e).__name__}: "
-            f"{reason[:300]}); if you are offline, {offline_help}"
+            f"{model_id!r} is not a local path, and cannot be downloaded from the Hugging Face "
+            f"hub ({type(e).__name__}: {reason[:300]}); if you are offline, {offline_help}"
         ) from None
     return _convert(Path(snapshot), model_id, target)
 
@@ -103,7 +118,7 @@ def _convert(snapshot: Path, model_id: str, target: Path) -> Path:
         if target.exists():
             shutil.rmtree(target)  # an incomplete entry from an older run
         os.replace(tmp, target)
-    except OSError as e:
+    except (OSError, CheckpointError) as e:  # save() reports a full disk as CheckpointError
         shutil.rmtree(tmp, ignore_errors=True)
         if checkpoint.is_w2v_dir(target):  # another process finished first
             return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -10,10 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from w2v.atomic import TMP_SUFFIX
 from w2v.config import Config
+from w2v.convert.checkpoint import Checkpoint, is_w2v_dir, save
 from w2v.convert.load import read_checkpoint
-from w2v.errors import UsageError, one_line
-from w2v.hub import HUB_ID, resolve_hub
+from w2v.errors import CheckpointError, UsageError, one_line, shown
+from w2v.hub import HUB_ID, is_hub_id, resolve_hub
 from w2v.nn.model import Model
 from w2v.nn.norm import GroupNorm, LayerNorm
 
@@ -23,7 +26,7 @@ def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model
     if isinstance(config, str):
         config = Config.from_name(config)
     if vocab_size is not None:
-        config = Config.from_dict({**config.to_dict(), "vocab_size": vocab_size})
+        config = dataclasses.replace(config, vocab_size=vocab_size)
     return Model(config).eval()
 
 
@@ -62,8 +65,9 @@ def load(
     compile: bool = False,
 ) -> Model:
     """Load a model (eval mode) from a w2v checkpoint directory, a Hugging Face model
-    directory, a fairseq ``.pt`` file, or a Hugging Face hub id (``org/name``,
-    needs ``huggingface_hub``; converted once and cached).
+    directory, a fairseq ``.pt`` file, or a Hugging Face hub id (``org/name`` where no
+    such local path exists, see :func:`w2v.hub.is_hub_id`; needs ``huggingface_hub``;
+    converted once and cached).
 
     dtype: float32 (default), bfloat16 or float16 (norms keep computing in
     float32). compile: run the model through :func:`torch.compile` (the first
@@ -71,8 +75,13 @@ def load(
     Notices about dropped heads are emitted as :class:`UserWarning`.
     """
     p = Path(path)
-    if not p.exists() and isinstance(path, str) and HUB_ID.match(path):
-        p = resolve_hub(path)
+    if not p.exists():
+        if is_hub_id(path):
+            p = resolve_hub(path)
+        else:
+            raise CheckpointError(
+                f"{shown(os.fspath(path))}: no such file or directory{_not_hub(path)}"
+            )
     ckpt = read_checkpoint(p)
     for notice in ckpt.notices:
         warnings.warn(notice, stacklevel=2)
@@ -80,6 +89,72 @@ def load(
         dtype = parse_dtype(dtype)
     model = model_from_checkpoint(ckpt, device=device, dtype=dtype)
     return model.compile() if compile else model
+
+
+def _not_hub(path: str | os.PathLike) -> str:
+    """Why a missing ``path`` was not tried as a hub id (see :func:`w2v.hub.is_hub_id`), for
+    its error message, which then names both readings."""
+    if not isinstance(path, str) or path.startswith((".", "/", "~")):
+        return ""
+    if not HUB_ID.match(path):
+        return " (nor a hub id, which has the form org/name)" if "/" not in path else ""
+    if path.endswith(".pt"):
+        return " (a name ending in .pt is read as a local file, not as a hub id)"
+    org = shown(path.split("/", 1)[0])
+    return f" (read as a local path, not as a hub id, since {org}/ is a local directory)"
+
+
+def convert(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+) -> Checkpoint:
+    """``w2v convert``: read the checkpoint ``src`` and save it as a w2v checkpoint directory
+    ``dst`` (``config.json`` + ``model.safetensors``, each written atomically). Returns the
+    checkpoint, whose ``notices`` (dropped heads) the caller shows.
+
+    ``dst`` is checked first (:func:`check_convert_destination`), so the source is never
+    written. Raises :class:`UsageError` for a destination refused,
+    :class:`CheckpointError` for a source that cannot be read or a destination that
+    cannot be written.
+    """
+    if not os.path.exists(src):
+        raise CheckpointError(f"{shown(os.fspath(src))}: no such file or directory")
+    check_convert_destination(src, dst, overwrite=overwrite)
+    ckpt = read_checkpoint(src)
+    save(ckpt, dst)
+    return ckpt
+
+
+def check_convert_destination(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+) -> None:
+    """Raise :class:`UsageError` unless converting ``src`` into ``dst`` is safe:
+
+    * ``dst`` must not be ``src``, lie inside it, or contain it (symbolic links
+      resolved), whatever ``overwrite`` says: the source is never written to;
+    * ``dst`` must be a new or empty directory (w2v's own temporaries aside), or a
+      w2v checkpoint directory (a previous output, replaced); any other
+      non-empty directory only with ``overwrite``, and then only ``config.json``
+      and ``model.safetensors`` there are replaced, nothing else is touched.
+    """
+    s, d = Path(os.path.realpath(src)), Path(os.path.realpath(dst))
+    if d == s or s in d.parents or d in s.parents:
+        where = "is" if d == s else "lies inside" if s in d.parents else "contains"
+        raise UsageError(
+            f"output {shown(os.fspath(dst))} {where} the source {shown(os.fspath(src))}; "
+            "converting never writes there: give a new directory outside it"
+        )
+    if not d.exists():
+        return
+    if not d.is_dir():
+        raise UsageError(f"output {shown(os.fspath(dst))} exists and is not a directory")
+    if is_w2v_dir(d) or overwrite:
+        return
+    if any(not e.name.endswith(TMP_SUFFIX) for e in d.iterdir()):
+        raise UsageError(
+            f"output {shown(os.fspath(dst))} is not empty and holds no w2v checkpoint; give a "
+            "new or empty directory, or --overwrite to write config.json and "
+            "model.safetensors there (replacing files of those names)"
+        )
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

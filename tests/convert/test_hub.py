@@ -11,7 +11,8 @@ from w2v.convert.checkpoint import is_w2v_dir
 
 import w2v
 from w2v.cli import main
-from w2v.hub import ALLOW_PATTERNS, HubError, cache_path, resolve_hub
+from w2v.errors import CheckpointError
+from w2v.hub import ALLOW_PATTERNS, HubError, cache_path, is_hub_id, resolve_hub
 
 transformers = pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
@@ -90,6 +91,7 @@ def test_offline_download_failure_says_how_to_convert(tmp_path, monkeypatch, cap
     with pytest.raises(HubError, match="w2v convert") as e:
         resolve_hub("someorg/missing", cache_dir=tmp_path)
     assert "someorg/missing" in str(e.value) and "\n" not in str(e.value)
+    assert "'someorg/missing' is not a local path, and cannot be downloaded" in str(e.value)
     assert not any(tmp_path.iterdir())
 
     monkeypatch.setenv("W2V_CACHE", str(tmp_path))
@@ -114,3 +116,45 @@ def test_download_that_is_not_a_model(tmp_path, monkeypatch):
         resolve_hub("someorg/not-a-model", cache_dir=tmp_path / "cache")
     with pytest.raises(HubError, match="org/name"):
         resolve_hub("not a hub id", cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    def snapshot_download(repo_id, **kw):
+        raise AssertionError(f"{repo_id} must not be fetched from the hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+
+
+def test_hub_id_rule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "x").mkdir()
+    assert is_hub_id("facebook/wav2vec2-base")
+    assert not is_hub_id("models/nope")  # models/ is a local directory: a mistyped path
+    assert not is_hub_id("here/x")  # exists
+    assert not is_hub_id("org/model.pt")  # a fairseq file
+    assert not is_hub_id("./org/name") and not is_hub_id("/org/name") and not is_hub_id("a/b/c")
+
+
+def test_a_missing_path_that_looks_like_a_hub_id_says_so(tmp_path, monkeypatch, no_hub, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(CheckpointError) as e:
+        w2v.load("models/nope")
+    assert str(e.value) == (
+        "models/nope: no such file or directory (read as a local path, not as a hub id, since "
+        "models/ is a local directory)"
+    )
+    with pytest.raises(
+        CheckpointError, match=r"^org/x\.pt: no such file .*\.pt is read as a local"
+    ):
+        w2v.load("org/x.pt")
+    with pytest.raises(CheckpointError, match=r"^nope: no such file or directory \(nor a hub id"):
+        w2v.load("nope")
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+    code = main(["embed", str(wav), "--model", "models/nope", "--out", str(tmp_path / "out")])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 2 and "models/nope: no such file or directory (read as a local path" in line

@@ -6,10 +6,12 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from w2v.convert.checkpoint import Checkpoint, save
 
 import w2v
 from tests.helpers import REPO, TINY_W2V
+from tests.pipeline.cli_runs import run_cli
 from w2v.atomic import TMP_SUFFIX
 from w2v.cli import main
 from w2v.config import Config
@@ -252,3 +255,148 @@ def test_killed_run_resumes_to_complete_outputs(tmp_path, ckpt, capsys):
     assert len(list(out.rglob("*.npy"))) == n and not list(out.rglob(f"*{TMP_SUFFIX}"))
     for e in entries:
         assert np.isfinite(np.load(out / e["output"])).all()
+
+
+# Messages that say what happened (issue 15: items 14, 20, 21) ---------------------------
+
+
+@pytest.mark.parametrize("missing", ["nope", "nope.wav", "gone/"])
+def test_a_missing_input_is_a_usage_error_and_nothing_is_written(tmp_path, ckpt, capsys, missing):
+    good = _audio(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    argv = ["embed", str(good), str(tmp_path / missing), "--model", str(ckpt), "--out", str(out)]
+    code, err = _run(argv, capsys)
+    assert code == 2 and not out.exists()
+    (line,) = err.splitlines()
+    assert line == f"w2v embed: error: {tmp_path / missing.rstrip('/')}: no such file or directory"
+
+
+def test_a_missing_entry_of_a_list_is_that_inputs_error(tmp_path, ckpt, capsys):
+    _audio(tmp_path / "a.wav")
+    (tmp_path / "in.txt").write_text("a.wav\nmissing\n")
+    out = tmp_path / "out"
+    code, err = _run(
+        ["embed", str(tmp_path / "in.txt"), "--model", str(ckpt), "--out", str(out)], capsys
+    )
+    assert code == 1 and _summary(err) == (1, 1, 0)
+    assert f"w2v embed: error: {tmp_path / 'missing'}: no such file or directory" in err
+
+
+def test_special_files_given_explicitly_are_not_regular_files(tmp_path, ckpt, capsys):
+    """/dev/zero and a FIFO (no extension) reach the audio reader's check, never opened."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    good = _audio(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    code, err = _run(
+        ["embed", "/dev/zero", str(fifo), str(good), "--model", str(ckpt), "--out", str(out)],
+        capsys,
+    )
+    assert code == 1 and _summary(err) == (1, 2, 0)
+    assert "w2v embed: error: /dev/zero: not a regular file (a character device)" in err
+    assert f"w2v embed: error: {fifo}: not a regular file (a FIFO" in err
+    assert "extension" not in err
+
+
+def test_collision_advice_for_lists_naming_outside_files_works(tmp_path, ckpt, capsys):
+    a = _audio(tmp_path / "data" / "x" / "s.wav", seed=1)
+    b = _audio(tmp_path / "data" / "y" / "s.wav", seed=2)
+    elsewhere = tmp_path / "lists" / "in.txt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(f"{a}\n{b}\n")
+    out = tmp_path / "out"
+    code, err = _run(["embed", str(elsewhere), "--model", str(ckpt), "--out", str(out)], capsys)
+    assert code == 2 and not out.exists()
+    assert (
+        f"give the directory {tmp_path / 'data'}, or list the files in a .txt file saved in it"
+        in err
+    )
+    # doing what it says works, for both of its suggestions
+    moved = tmp_path / "data" / "in.txt"
+    moved.write_text(elsewhere.read_text())
+    for given in (moved, tmp_path / "data"):
+        code, err = _run(["embed", str(given), "--model", str(ckpt), "--out", str(out)], capsys)
+        assert code == 0, err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == [
+        "x/s.wav.npy",
+        "y/s.wav.npy",
+    ]
+
+
+@pytest.fixture(scope="module")
+def ckpt_with_head(tmp_path_factory):
+    """An HF directory with a classification head, which loading drops with a notice."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.helpers import HF_FIXTURES
+
+    d = tmp_path_factory.mktemp("head") / "hf"
+    shutil.copytree(HF_FIXTURES / "wav2vec2-group", d)
+    state = {f"wav2vec2.{k}": v for k, v in load_file(str(d / "model.safetensors")).items()}
+    state["classifier.weight"] = torch.zeros(2, 4)  # as in Wav2Vec2ForSequenceClassification
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+def test_notices_are_clean_lines_and_quiet_keeps_only_errors_and_summary(tmp_path, ckpt_with_head):
+    good = _audio(tmp_path / "a.wav")
+    short = _audio(tmp_path / "short.wav", seconds=0.01)
+    argv = [good, short, "--model", ckpt_with_head]
+    code, err, _ = run_cli(*argv, "--out", tmp_path / "o1")
+    assert code == 1 and "Warning" not in err and "loading.py" not in err
+    lines = err.splitlines()
+    (notice,) = [x for x in lines if "dropped" in x]
+    assert notice.startswith(f"w2v embed: {ckpt_with_head}: ") and "dropped 1 weights" in notice
+    assert any(x.startswith(f"w2v embed: error: {short}: ") for x in lines)
+
+    code, err, _ = run_cli(*argv, "--out", tmp_path / "o2", "--quiet")
+    lines = err.splitlines()
+    assert code == 1 and len(lines) == 2, err
+    assert lines[0].startswith(f"w2v embed: error: {short}: ") and SUMMARY.match(lines[1])
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("seconds, durations", [(1.0, [2.0, 0.5, 3.0, 1.0]), (0.0, [None] * 4)])
+def test_progress_bar_never_passes_its_total(monkeypatch, seconds, durations):
+    """Headers that under-state the audio (or say nothing): no stray comma, no negative
+    ETA, no tqdm warning, and the bar ends at 100 %."""
+    from w2v.cli import _Bar
+
+    fake = _Tty()
+    monkeypatch.setattr(sys, "stderr", fake)
+    bar = _Bar(quiet=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm's clamping warning fails the test
+        bar.start(files=4, seconds=seconds, skipped=0)
+        for d in durations:
+            bar.item({"status": "ok", "duration": d})
+        bar.close()
+    text = fake.getvalue()
+    assert "4/4 files" in text and "| ," not in text and "<-" not in text and "100%" in text
+    assert not re.search(r"\|\s*,", text)
+
+
+def test_quiet_bar_still_reports_errors(monkeypatch):
+    from w2v.cli import _Bar
+
+    fake = _Tty()
+    monkeypatch.setattr(sys, "stderr", fake)
+    bar = _Bar(quiet=True)
+    bar.start(files=1, seconds=1.0, skipped=0)
+    bar.notice("something to know")
+    bar.item({"status": "error", "error": "x.wav: broken"})
+    bar.close()
+    assert fake.getvalue() == "w2v embed: error: x.wav: broken\n"
+
+
+def test_help_says_what_overwrite_and_exit_2_cover():
+    from w2v.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["embed"]
+    text = " ".join(sub.format_help().split())
+    assert "recompute inputs already done; replace results of other settings in DIR" in text
+    assert "another run holding DIR" in text and "full disk" in text

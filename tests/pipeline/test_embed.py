@@ -160,6 +160,31 @@ def test_collect_inputs_usage_errors(tmp_path):
         collect_inputs([tmp_path / "missing.txt"])
 
 
+def test_collect_inputs_missing_paths_and_special_files(tmp_path):
+    import os
+    import threading
+
+    with pytest.raises(UsageError, match=rf"^{tmp_path / 'gone'}: no such file or directory$"):
+        collect_inputs([tmp_path / "gone"])
+    with pytest.raises(UsageError, match=r"^list file .*gone\.lst: no such file .*\(and 1 more"):
+        collect_inputs([tmp_path / "gone.lst", tmp_path / "gone.wav"])
+    os.symlink(tmp_path / "nowhere.wav", tmp_path / "dangling.wav")
+    os.mkfifo(tmp_path / "fifo.txt")  # read as a list, it would block forever
+    (tmp_path / "in.txt").write_text("dangling.wav\nfifo.txt\n")
+    found: list = []
+    given = [tmp_path / "in.txt", tmp_path / "fifo.txt"]
+    t = threading.Thread(target=lambda: found.extend(collect_inputs(given)), daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "collect_inputs opened a FIFO"
+    assert len(found) == 2  # the FIFO given directly and listed is one input
+    by_key = {i.key: i for i in found}
+    assert by_key["dangling.wav"].error == (
+        "no such file or directory (a symbolic link to a missing target)"
+    )
+    assert by_key["fifo.txt"].error is None  # left to the audio reader, which refuses it
+
+
 # Files → files --------------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 Data flows one way, one module per step:
 
-* :mod:`~w2v.pipeline.inputs`: command-line paths → audio files and their output keys;
+* :mod:`~w2v.pipeline.inputs`: paths (files, directories, list files) → audio files and
+  their output keys;
 * :mod:`~w2v.pipeline.audio`: headers, decoding, mono, 16 kHz, checks, normalisation;
 * :mod:`~w2v.pipeline.batching`: batches of similar length, decoded ahead on threads;
 * :mod:`~w2v.pipeline.layers`: layer specs (``"0,6,12"``, ``"4-8"``, ``"-1"``);
@@ -10,7 +11,8 @@ Data flows one way, one module per step:
 * :mod:`~w2v.pipeline.pooling`: mean / stats / frames over valid frames only;
 * :mod:`~w2v.pipeline.outputs`: output files, the manifest and its schema, resume;
 * :mod:`~w2v.pipeline.files`: :func:`embed_files` (``w2v embed``), progress, summary;
-* :mod:`~w2v.pipeline.in_memory`: :func:`embed` (``w2v.embed``), arrays in, arrays out.
+* :mod:`~w2v.pipeline.in_memory`: :func:`embed` (``w2v.embed``), paths or arrays in, arrays
+  out (:class:`Embeddings`), per-item errors raised or skipped.
 
 Conventions all of them share:
 
@@ -29,12 +31,13 @@ Conventions all of them share:
 """
 
 from w2v.pipeline.files import Progress, Summary, embed_files
-from w2v.pipeline.in_memory import embed
-from w2v.pipeline.inputs import LIST_EXTENSIONS, Input, collect_inputs
+from w2v.pipeline.in_memory import Embeddings, embed
+from w2v.pipeline.inputs import LIST_EXTENSIONS, Input, collect_inputs, expand
 from w2v.pipeline.layers import LayerSpec, parse_layers, resolve_layers
 
 __all__ = [
     "LIST_EXTENSIONS",
+    "Embeddings",
     "Input",
     "LayerSpec",
     "Progress",
@@ -42,6 +45,7 @@ __all__ = [
     "collect_inputs",
     "embed",
     "embed_files",
+    "expand",
     "parse_layers",
     "resolve_layers",
 ]

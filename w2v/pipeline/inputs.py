@@ -62,12 +62,17 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Input]:
         unique.setdefault((item.path, item.key), item)
     items = list(unique.values())
     if not items:
-        raise UsageError(
-            "no inputs: give audio files, directories holding audio files "
-            f"({', '.join(sorted(AUDIO_EXTENSIONS))}), or a .txt/.lst list of paths"
-        )
+        raise no_inputs()
     _check_clashes(items)
     return items
+
+
+def no_inputs() -> UsageError:
+    """The error for inputs that hold no audio file (an empty directory or list)."""
+    return UsageError(
+        "no inputs: give audio files, directories holding audio files "
+        f"({', '.join(sorted(AUDIO_EXTENSIONS))}), or a .txt/.lst list of paths"
+    )
 
 
 def expand(given: str | os.PathLike) -> list[Input]:
