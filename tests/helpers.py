@@ -71,17 +71,20 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     HF initialises LayerNorm weights to 1, biases to 0 and WavLM's gate
     constants to 1; with those a swapped or skipped parameter would go
     unnoticed. Every parameter holding a single constant gets noise, and
-    BatchNorm running statistics get non-trivial values.
+    BatchNorm running statistics get non-trivial values (from a generator of their own,
+    so that models with and without BatchNorm get the same parameter noise).
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.numel() > 0 and bool((p == p.flatten()[0]).all()):
                 p.add_(0.2 * torch.randn(p.shape, generator=g).to(p.dtype))
+        g = torch.Generator().manual_seed(seed)
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.running_mean.copy_(0.5 * torch.randn(m.num_features, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.num_batches_tracked.fill_(1000)
     return model.eval()
 
 

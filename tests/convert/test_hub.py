@@ -10,6 +10,7 @@ import torch
 from w2v.convert.checkpoint import is_w2v_dir
 
 import w2v
+from tests.helpers import hf_config
 from w2v.cli import main
 from w2v.errors import CheckpointError
 from w2v.hub import ALLOW_PATTERNS, HubError, cache_path, is_hub_id, resolve_hub
@@ -22,16 +23,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 def hf_dir(tmp_path_factory):
     """A random-init tiny HF wav2vec2 directory as `save_pretrained` writes it."""
     torch.manual_seed(0)
-    config = transformers.Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-    )
-    model = transformers.Wav2Vec2Model(config).eval()
+    model = transformers.Wav2Vec2Model(hf_config("wav2vec2", conv_dim=(32,) * 7)).eval()
     d = tmp_path_factory.mktemp("hf")
     model.save_pretrained(d)
     transformers.Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(d)

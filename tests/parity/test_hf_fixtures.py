@@ -1,7 +1,7 @@
 """Committed tiny transformers checkpoints load with ``w2v.load`` and match, layer by layer.
 
 The fixtures and their reference outputs come from
-``tests/fixtures/make_hf_fixtures.py``; nothing here imports transformers.
+``python -m tests.fixtures.make_hf_fixtures``; nothing here imports transformers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_fixture_set_is_complete():
         "wav2vec2-group", "wav2vec2-layer", "wav2vec2-ctc", "hubert", "hubert-bn",
         "data2vec-audio", "wavlm-base", "wavlm-large", "wavlm-ctc",
     }  # fmt: skip
-    assert expected <= set(NAMES), "run python tests/fixtures/make_hf_fixtures.py"
+    assert expected <= set(NAMES), "run python -m tests.fixtures.make_hf_fixtures"
 
 
 @pytest.fixture(scope="module")
