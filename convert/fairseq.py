@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from w2v.convert.keys import Fill, Table, Transform, convert
+from w2v.convert.outside import Outside, split
 
 from w2v.config import MAX_CONV_LAYERS, Config
 from w2v.errors import CheckpointError, quoted, shown
@@ -404,6 +405,26 @@ def convert_fairseq_state_dict(
     if not heads:
         return out, []
     return out, [f"{source}: dropped pretraining-only weights: {', '.join(heads)}"]
+
+
+# fairseq's encoder modules (top-level names of a wav2vec2 / HuBERT / data2vec-audio model);
+# a key under one of them, or under the fine-tune's encoder, is inside the backbone
+ENCODER_MODULES = ("feature_extractor", "layer_norm", "post_extract_proj", "encoder")
+
+
+def split_fairseq_state_dict(
+    state: dict[str, Any], config: Config, *, strict: bool = False, source: str = "fairseq"
+) -> Outside:
+    """Sort a fairseq ``model`` state dict at the encoder's edge
+    (:func:`w2v.convert.outside.split`; fairseq checkpoints name no task head): keys the
+    table does not know under :data:`ENCODER_MODULES` (below ``w2v_encoder.w2v_model.`` in
+    a fine-tune) stay errors; others are kept unused, or refused when ``strict``."""
+    prefix = ENCODER_PREFIX if config.vocab_size is not None else ""
+
+    def inside(key: str) -> bool:
+        return key.startswith(prefix) and key[len(prefix) :].split(".")[0] in ENCODER_MODULES
+
+    return split(state, key_table(config), inside, None, config, strict=strict, source=source)
 
 
 def _under(key: str, head: str) -> bool:

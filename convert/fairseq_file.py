@@ -27,15 +27,20 @@ from w2v.convert.fairseq import (
     config_from_fairseq,
     convert_fairseq_state_dict,
     model_name,
+    split_fairseq_state_dict,
 )
+from w2v.convert.outside import unused_notice
 from w2v.convert.safe_pickle import Record, load_torch_file, to_plain
 
 from w2v.config import CheckpointInfo
 from w2v.errors import CheckpointError
 
 
-def read_fairseq(path: str | os.PathLike) -> Checkpoint:
+def read_fairseq(path: str | os.PathLike, *, strict: bool = False) -> Checkpoint:
     """Read a fairseq ``.pt`` checkpoint into a :class:`Checkpoint` (weights in w2v's names).
+
+    Keys outside the encoder that w2v does not know are kept unused (``Checkpoint.extra``)
+    with a notice, or refused when ``strict``; inside it every key must be known.
 
     Raises :class:`CheckpointError` with a one-line message naming the file.
     """
@@ -79,7 +84,10 @@ def read_fairseq(path: str | os.PathLike) -> Checkpoint:
         except ValueError as e:
             raise CheckpointError(f"{p}: CTC head w2v_encoder.proj.weight: {e}") from None
         vocab = _target_symbols(obj.get("task_state"))
-    state, notices = convert_fairseq_state_dict(state, config, source=str(p))
+    parts = split_fairseq_state_dict(state, config, strict=strict, source=str(p))
+    state, notices = convert_fairseq_state_dict(parts.inner, config, source=str(p))
+    if parts.extra:
+        notices.append(unused_notice(str(p), family, parts.extra))
     if vocab is not None and len(vocab) != config.vocab_size:
         notices.append(
             f"{p}: target dictionary has {len(vocab)} symbols but the CTC head has "
@@ -94,6 +102,7 @@ def read_fairseq(path: str | os.PathLike) -> Checkpoint:
         state_dict=state,
         info=CheckpointInfo(family=family, normalize=bool(normalize), vocab=vocab, source=str(p)),
         notices=tuple(notices),
+        extra=parts.extra,
     )
 
 

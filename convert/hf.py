@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 from w2v.convert.keys import Table, convert
+from w2v.convert.outside import Outside, split
 
 from w2v.config import Config
 from w2v.errors import quoted
+from w2v.nn.heads import HeadConfig
 
 # model_type → (family, backbone prefix in head models)
 MODEL_TYPES = {
@@ -76,26 +78,22 @@ BACKBONE_KEYS = {
 BACKBONE_IGNORED = {
     "masked_spec_embed": "SpecAugment mask embedding, used in training only",
 }
+# Backbone features w2v does not implement: named when their keys turn up (their configs
+# are refused first, see config_from_hf; these catch weights whose config says otherwise).
+BACKBONE_HINTS = {
+    "encoder.layers.{}.adapter_layer.*": "MMS language adapters (adapter_attn_dim), "
+    "which w2v does not support",
+    "adapter.*": "a Wav2Vec2 adapter stack (add_adapter), which w2v does not support",
+    "encoder.layers.{}.conv_module.*": "a conformer layer, which w2v does not support",
+}
 
-# Keys outside the backbone prefix of head models.
+# Keys outside the backbone prefix of head models that the key table handles; task heads
+# (classification, x-vector) and unknown heads are sorted by w2v.convert.outside.
 HEAD_KEYS = {
     "lm_head.weight": "lm_head.weight",
     "lm_head.bias": "lm_head.bias",
 }
 HEAD_IGNORED = {
-    # sequence / frame classification
-    "projector.weight": "classification head",
-    "projector.bias": "classification head",
-    "classifier.weight": "classification head",
-    "classifier.bias": "classification head",
-    "layer_weights": "weighted layer sum of a classification head",
-    # x-vector
-    "tdnn.{}.kernel.weight": "x-vector head",
-    "tdnn.{}.kernel.bias": "x-vector head",
-    "feature_extractor.weight": "x-vector head",
-    "feature_extractor.bias": "x-vector head",
-    "objective.weight": "x-vector head (AM-softmax)",
-    # pretraining
     "quantizer.codevectors": "pretraining quantizer",
     "quantizer.weight_proj.weight": "pretraining quantizer",
     "quantizer.weight_proj.bias": "pretraining quantizer",
@@ -105,13 +103,18 @@ HEAD_IGNORED = {
     "project_q.bias": "pretraining projection",
 }
 
-BACKBONE = Table(BACKBONE_KEYS, BACKBONE_IGNORED)
+BACKBONE = Table(BACKBONE_KEYS, BACKBONE_IGNORED, hints=BACKBONE_HINTS)
 HEADS = Table(HEAD_KEYS, HEAD_IGNORED)
 # without a CTC config (vocab_size) the CTC head is dropped like the others
 _NO_CTC = "CTC head, not kept: the config has no vocab_size"
 HEADS_WITHOUT_CTC = Table(
     ignored={**HEAD_IGNORED, "lm_head.weight": _NO_CTC, "lm_head.bias": _NO_CTC}
 )
+# model types of the wav2vec2 lineage that w2v does not implement, and what they are
+UNSUPPORTED_MODEL_TYPES = {
+    "wav2vec2-conformer": "a conformer encoder, which w2v does not implement",
+    "wav2vec2-bert": "w2v-BERT 2.0, a conformer encoder, which w2v does not implement",
+}
 
 # HF defaults for fields a config.json may omit
 _DEFAULTS: dict[str, Any] = {
@@ -147,8 +150,11 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
     """
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
+        what = UNSUPPORTED_MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
         raise ValueError(
-            f"unsupported model_type {quoted(model_type)}; supported: {', '.join(MODEL_TYPES)}"
+            f"unsupported model_type {quoted(model_type)}"
+            + (f" ({what})" if what else "")
+            + f"; supported: {', '.join(MODEL_TYPES)}"
         )
     family = MODEL_TYPES[model_type][0]
 
@@ -160,6 +166,11 @@ def config_from_hf(cfg: dict[str, Any], *, ctc: bool = False) -> tuple[Config, s
             raise ValueError(f"{name}={quoted(get(name))} is not supported (only 'gelu')")
     if get("add_adapter"):
         raise ValueError("add_adapter=true (a Wav2Vec2 adapter stack) is not supported")
+    if cfg.get("adapter_attn_dim") is not None:
+        raise ValueError(
+            f"adapter_attn_dim={quoted(cfg['adapter_attn_dim'])} (MMS language adapters in "
+            "every encoder layer) is not supported"
+        )
     norm = get("feat_extract_norm")
     if family == "data2vec-audio":
         norm = "layer"  # data2vec-audio always uses LayerNorm conv layers
@@ -209,14 +220,45 @@ def convert_hf_state_dict(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """HF state dict (base or head model) → (w2v state dict, dropped head keys).
 
-    A head model keeps the backbone under a prefix (``wav2vec2.``); its other
-    keys are heads, and the ones dropped are returned for the notice.
+    A head model keeps the backbone under a prefix (``wav2vec2.``); outside it only the
+    CTC head and pretraining parts (dropped, returned for the notice) are read here: task
+    heads and unknown keys are first set aside by :func:`split_hf_state_dict`, or are
+    errors.
     """
-    prefix = next(p for f, p in MODEL_TYPES.values() if f == family)
-    if any(k.startswith(prefix) for k in state):
-        heads = HEADS if config.vocab_size is not None else HEADS_WITHOUT_CTC
-        table = BACKBONE.prefixed(prefix) | heads
-    else:
-        table, prefix = BACKBONE, ""
+    table, prefix = _table(state, config, family)
     out, dropped = convert(state, table, config, source)
     return out, [k for k in dropped if not k.startswith(prefix)]
+
+
+def split_hf_state_dict(
+    state: dict[str, torch.Tensor],
+    config: Config,
+    family: str,
+    head: HeadConfig | None = None,
+    *,
+    strict: bool = False,
+    source: str = "checkpoint",
+) -> Outside:
+    """Sort an HF state dict at the backbone's edge (:func:`w2v.convert.outside.split`):
+    keys under the backbone prefix are the backbone; in a base model (no prefix) every key
+    is. ``head``: the head the config names (:func:`w2v.nn.heads.head_config_from_hf`),
+    whose keys are the checkpoint's own keys outside the prefix."""
+    table, prefix = _table(state, config, family)
+    return split(
+        state,
+        table,
+        lambda key: key.startswith(prefix),
+        head,
+        config,
+        strict=strict,
+        source=source,
+    )
+
+
+def _table(state: dict[str, torch.Tensor], config: Config, family: str) -> tuple[Table, str]:
+    """The key table of ``state`` and its backbone prefix ("" for a base model)."""
+    prefix = next(p for f, p in MODEL_TYPES.values() if f == family)
+    if any(isinstance(k, str) and k.startswith(prefix) for k in state):
+        heads = HEADS if config.vocab_size is not None else HEADS_WITHOUT_CTC
+        return BACKBONE.prefixed(prefix) | heads, prefix
+    return BACKBONE, ""

@@ -16,15 +16,23 @@ import torch
 from safetensors.torch import load_file
 from w2v.convert.checkpoint import Checkpoint
 from w2v.convert.files import inside, read_json_object
-from w2v.convert.hf import config_from_hf, convert_hf_state_dict
+from w2v.convert.hf import config_from_hf, convert_hf_state_dict, split_hf_state_dict
+from w2v.convert.outside import unused_notice
 from w2v.convert.safe_pickle import load_torch_file
 
 from w2v.config import SAMPLE_RATE, CheckpointInfo
 from w2v.errors import CheckpointError, one_line, quoted, shown
+from w2v.nn.heads import head_config_from_hf
 
 
-def read_hf(path: str | Path) -> Checkpoint:
-    """Read a Hugging Face model directory (``save_pretrained`` output or a hub snapshot)."""
+def read_hf(path: str | Path, *, strict: bool = False) -> Checkpoint:
+    """Read a Hugging Face model directory (``save_pretrained`` output or a hub snapshot).
+
+    The head the config names (``architectures[0]``: sequence or frame classification,
+    x-vector, the community speech classification) is kept with its weights; other keys
+    outside the backbone are kept unused (``Checkpoint.extra``) with a notice, or refused
+    when ``strict``. Keys inside the backbone must be exactly the model's either way.
+    """
     d = Path(path)
     cfg_path = d / "config.json"
     cfg = read_json_object(cfg_path, "config")
@@ -39,14 +47,25 @@ def read_hf(path: str | Path) -> Checkpoint:
         config, family = config_from_hf(cfg, ctc=ctc)
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{cfg_path}: {shown(e, 300)}") from None
-    weights, dropped = convert_hf_state_dict(state, config, family, source=str(d))
     notices = []
+    try:
+        head = head_config_from_hf(cfg)
+    except (ValueError, TypeError) as e:
+        if strict:
+            raise CheckpointError(f"{cfg_path}: head config: {shown(e, 300)}") from None
+        notices.append(f"{cfg_path}: the head's config is not usable ({shown(e, 200)})")
+        head = None
+    parts = split_hf_state_dict(state, config, family, head, strict=strict, source=str(d))
+    notices.extend(parts.remarks)
+    weights, dropped = convert_hf_state_dict(parts.inner, config, family, source=str(d))
     if dropped:
         heads = sorted({k.split(".")[0] for k in dropped})
         notices.append(
             f"{d}: kept the {family} encoder; dropped {len(dropped)} weights of "
             f"{shown(', '.join(heads))} not used for feature extraction"
         )
+    if parts.extra:
+        notices.append(unused_notice(str(d), family, parts.extra))
     normalize, pre_notice = _read_normalize(d)
     if pre_notice:
         notices.append(pre_notice)
@@ -61,6 +80,9 @@ def read_hf(path: str | Path) -> Checkpoint:
             source=f"transformers {shown(name, 80)} from {d}",
         ),
         notices=tuple(notices),
+        head=parts.head,
+        head_state=parts.head_state,
+        extra=parts.extra,
     )
 
 

@@ -256,7 +256,7 @@ def convert(
     if unknown:
         hint = next((h for k in unknown if isinstance(k, str) and (h := table.hint(k))), None)
         raise CheckpointError(
-            f"{source}: unknown weight keys: {_some(unknown)}" + (f" ({hint})" if hint else "")
+            f"{source}: unknown weight keys: {some(unknown)}" + (f" ({hint})" if hint else "")
         )
 
     def named(target: str) -> str:
@@ -307,15 +307,13 @@ def check_state(
     if extra:
         raise CheckpointError(
             f"{source}: weights the configured architecture has no place for: "
-            f"{_some([named(k) for k in extra])} (config: {config.num_layers} layers, "
+            f"{some([named(k) for k in extra])} (config: {config.num_layers} layers, "
             f"conv_norm {config.conv_norm!r}, pos_conv {config.pos_conv!r}); "
             "the checkpoint's config and weights disagree"
         )
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(
-            f"{source}: missing weight keys: {_some([named(k) for k in missing])}"
-        )
+        raise CheckpointError(f"{source}: missing weight keys: {some([named(k) for k in missing])}")
     for k, want in expected.items():
         if state[k].shape != want.shape:
             raise CheckpointError(
@@ -338,7 +336,7 @@ def _check_repeats(
         if beyond:
             raise CheckpointError(
                 f"{source}: weights the configured architecture has no place for: "
-                f"{_some([named(k) for k in beyond])} (config: {want} {what}); "
+                f"{some([named(k) for k in beyond])} (config: {want} {what}); "
                 "the checkpoint's config and weights disagree"
             )
         found = len({i for i in indexed.values() if i is not None})
@@ -355,7 +353,7 @@ def _index(key: str, prefix: str) -> int | None:
     return int(head) if head.isascii() and head.isdigit() and len(head) <= 9 else None
 
 
-def _some(names: list, limit: int = 5) -> str:
+def some(names: list, limit: int = 5) -> str:
     """The first ``limit`` of ``names`` (keys from the file, so each :func:`shown`), and how
     many more."""
     more = len(names) - limit

@@ -13,21 +13,24 @@ from w2v.convert.hf_dir import read_hf
 from w2v.errors import CheckpointError
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, *, strict: bool = False) -> Checkpoint:
     """Read a w2v directory, a Hugging Face model directory, or a fairseq ``.pt`` file.
 
-    Raises :class:`CheckpointError` with a one-line message naming the file.
+    A task head w2v runs is kept (``Checkpoint.head``); other weights outside the backbone
+    are kept unused (``Checkpoint.extra``) with a notice, or refused when ``strict``. Keys
+    inside the backbone that are unknown or missing are errors either way. Raises
+    :class:`CheckpointError` with a one-line message naming the file.
     """
     p = Path(path)
     if p.is_dir():
         if checkpoint.is_w2v_dir(p):
-            return checkpoint.read(p)
+            return checkpoint.read(p, strict=strict)
         if (p / "config.json").is_file():
-            return read_hf(p)
+            return read_hf(p, strict=strict)
         raise CheckpointError(
             f"{p}: directory holds no config.json; expected a w2v checkpoint directory "
             "(from `w2v convert`) or a Hugging Face model directory"
         )
     if p.is_file():
-        return read_fairseq(p)
+        return read_fairseq(p, strict=strict)
     raise CheckpointError(f"{p}: no such file or directory")

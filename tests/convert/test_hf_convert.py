@@ -17,11 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from w2v.convert.checkpoint import CheckpointError
 from w2v.convert.hf import config_from_hf, convert_hf_state_dict
+from w2v.convert.load import read_checkpoint
 
 import w2v
 from tests.helpers import FAMILIES, HF_FIXTURES, REPO, hf_class, hf_config, perturb_
 from w2v.cli import main as cli_main
 from w2v.config import Config
+from w2v.nn.heads import head_kind
 from w2v.nn.model import Model
 
 ATOL = {torch.float32: 1e-5}
@@ -44,7 +46,7 @@ HEADS = {
     ],
     "wavlm": ["ForCTC", "ForSequenceClassification", "ForAudioFrameClassification", "ForXVector"],
 }
-# top-level names of each head's weights, which the dropped-head notice names
+# top-level names of each head's weights (the dropped-weights notice names pretraining ones)
 HEAD_MODULES = {
     "ForSequenceClassification": {"projector", "classifier", "layer_weights"},
     "ForAudioFrameClassification": {"classifier", "layer_weights"},
@@ -115,16 +117,25 @@ def test_head_class_loads(transformers, tmp_path, family, head):
         torch.testing.assert_close(model(x)[0], hf(x).logits, atol=ATOL[DTYPE], rtol=0)
         return
 
+    prefix = hf.base_model_prefix + "."
+    head_state = {k: v for k, v in hf.state_dict().items() if not k.startswith(prefix)}
+    assert {k.split(".")[0] for k in head_state} == HEAD_MODULES[head]
     with pytest.warns(UserWarning) as record:
+        ckpt = read_checkpoint(tmp_path)
         model = w2v.load(tmp_path)
     notices = [str(w.message) for w in record if "kept the" in str(w.message)]
-    assert len(notices) == 1, [str(w.message) for w in record]
-    prefix = hf.base_model_prefix + "."
-    head_keys = [k for k in hf.state_dict() if not k.startswith(prefix)]
-    assert {k.split(".")[0] for k in head_keys} == HEAD_MODULES[head]
-    assert f"dropped {len(head_keys)} weights" in notices[0]
-    for name in HEAD_MODULES[head]:
-        assert name in notices[0]
+    if head == "ForPreTraining":  # pretraining parts are dropped, named in a notice
+        assert len(notices) == 1, [str(w.message) for w in record]
+        assert f"dropped {len(head_state)} weights" in notices[0]
+        for name in HEAD_MODULES[head]:
+            assert name in notices[0]
+        assert ckpt.head is None and not ckpt.extra
+    else:  # a head w2v runs: kept, with its weights under its own key names
+        assert notices == [] and not ckpt.extra
+        assert ckpt.head is not None and ckpt.head.kind == head_kind(hf.__class__.__name__)
+        assert ckpt.head_state.keys() == head_state.keys()
+        for k, v in head_state.items():
+            assert torch.equal(ckpt.head_state[k], v), k
     assert model.lm_head is None
     assert model.family == family
     torch.testing.assert_close(
