@@ -89,13 +89,23 @@ class Checkpoint:
 
 
 def is_w2v_dir(path: str | os.PathLike) -> bool:
+    return format_version(path) is not None
+
+
+def format_version(path: str | os.PathLike) -> int | None:
+    """The format version of the w2v checkpoint directory ``path`` (1 when its config.json
+    does not say), or None when ``path`` is not one."""
     cfg = Path(path) / CONFIG_FILE
     if not cfg.is_file():
-        return False
+        return None
     try:
-        return read_json_object(cfg, "config").get("format") == FORMAT
+        meta = read_json_object(cfg, "config")
     except CheckpointError:
-        return False
+        return None
+    if meta.get("format") != FORMAT:
+        return None
+    version = meta.get("format_version", 1)
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:

@@ -71,7 +71,10 @@ def resolve_hub(model_id: str, cache_dir: str | os.PathLike | None = None) -> Pa
             f"{model_id!r} is neither an existing path nor a hub id of the form org/name"
         )
     target = cache_path(model_id, cache_dir)
-    if checkpoint.is_w2v_dir(target) and (target / checkpoint.WEIGHTS_FILE).is_file():
+    # an entry an older w2v wrote (an older format: e.g. without a fine-tuned head) is
+    # converted again
+    current = checkpoint.format_version(target) == checkpoint.FORMAT_VERSION
+    if current and (target / checkpoint.WEIGHTS_FILE).is_file():
         return target
     offline_help = (
         f"download {model_id} elsewhere (e.g. `huggingface-cli download {model_id}` or `git clone "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 import pytest
 import torch
-from w2v.convert.checkpoint import is_w2v_dir
+from w2v.convert.checkpoint import FORMAT_VERSION, is_w2v_dir
 
 import w2v
 from tests.helpers import hf_config
@@ -150,3 +151,14 @@ def test_a_missing_path_that_looks_like_a_hub_id_says_so(tmp_path, monkeypatch, 
     code = main(["embed", str(wav), "--model", "models/nope", "--out", str(tmp_path / "out")])
     (line,) = capsys.readouterr().err.splitlines()
     assert code == 2 and "models/nope: no such file or directory (read as a local path" in line
+
+
+def test_a_cache_entry_of_an_older_format_is_converted_again(tmp_path, fake_hub):
+    path = resolve_hub("someorg/tiny-w2v", cache_dir=tmp_path)
+    cfg = path / "config.json"
+    meta = json.loads(cfg.read_text())
+    meta["format_version"] = 1  # written by a w2v that kept no fine-tuned heads
+    cfg.write_text(json.dumps(meta))
+    assert resolve_hub("someorg/tiny-w2v", cache_dir=tmp_path) == path
+    assert len(fake_hub) == 2  # fetched and converted again
+    assert json.loads(cfg.read_text())["format_version"] == FORMAT_VERSION
