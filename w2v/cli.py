@@ -44,7 +44,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     try:
         with _warnings_as_lines(notice):
-            ckpt = convert(args.src, args.dst, overwrite=args.overwrite)
+            ckpt = convert(args.src, args.dst, overwrite=args.overwrite, strict=args.strict)
     except (UsageError, CheckpointError) as e:
         print(f"w2v convert: error: {e}", file=sys.stderr)
         return 2
@@ -176,6 +176,8 @@ def _embed(args: argparse.Namespace) -> int:
                 chunk_seconds=args.chunk_seconds,
                 context_seconds=args.context_seconds,
                 compile=args.compile,
+                head=args.head,
+                strict=args.strict,
             )
     except UsageError as e:
         print(f"w2v embed: error: {e}", file=sys.stderr)
@@ -208,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a non-empty directory that holds no w2v checkpoint (its config.json "
         "and model.safetensors are replaced; nothing else is touched)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a checkpoint with weights outside the encoder that w2v does not run "
+        "(by default they are kept, unchanged, in extra.safetensors, with a notice)",
     )
     p.add_argument("--quiet", action="store_true", help="no notices; only errors and the result")
     p.set_defaults(func=_convert)
@@ -288,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONTEXT_SECONDS,
         metavar="S",
         help=f"context on each side of a window (default {DEFAULT_CONTEXT_SECONDS:g})",
+    )
+    p.add_argument(
+        "--head",
+        action="store_true",
+        help="also write the fine-tuned head's outputs (logits; x-vector embeddings; the CTC "
+        "transcript as the manifest's text) beside the layers; needs --format safetensors",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a checkpoint with weights outside the encoder that w2v does not run "
+        "(by default they are left unused, with a notice)",
     )
     p.add_argument(
         "--compile",

@@ -13,8 +13,16 @@ from torch import nn
 
 from w2v.atomic import TMP_SUFFIX
 from w2v.config import Config
-from w2v.convert.checkpoint import Checkpoint, is_w2v_dir, save
+from w2v.convert.checkpoint import (
+    CONFIG_FILE,
+    HEAD_FILE,
+    WEIGHTS_FILE,
+    Checkpoint,
+    is_w2v_dir,
+    save,
+)
 from w2v.convert.load import read_checkpoint
+from w2v.convert.outside import EXTRA_FILE
 from w2v.errors import CheckpointError, UsageError, one_line, shown
 from w2v.hub import HUB_ID, is_hub_id, resolve_hub
 from w2v.nn.model import Model
@@ -31,18 +39,22 @@ def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model
 
 
 def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None) -> Model:
-    """Build the model for a :class:`w2v.convert.checkpoint.Checkpoint` and load its weights strictly."""
+    """Build the model for a :class:`w2v.convert.checkpoint.Checkpoint` (its task head
+    included, as ``task_head``) and load its weights strictly."""
     with torch.device("meta"):
-        model = Model(ckpt.config, ckpt.info)
+        model = Model(ckpt.config, ckpt.info, ckpt.head, unused=list(ckpt.extra))
+    weights = {**ckpt.state_dict, **{f"task_head.{k}": v for k, v in ckpt.head_state.items()}}
     # weights stored in half precision load as float32 unless a dtype is asked for
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
     return to(model, device=device, dtype=dtype)
 
 
 def to(model: Model, *, device=None, dtype: torch.dtype | None = None) -> Model:
-    """Move/cast a model; norm layers and conv layer 0 keep float32 parameters under bf16/fp16."""
+    """Move/cast a model, its heads included; norm layers and conv layer 0 keep float32
+    parameters under bf16/fp16. A task head computes in the model's dtype (its pooling
+    statistics in float32, see :mod:`w2v.nn.heads.pooling`)."""
     if device is not None:
         model.to(device=device)
     if dtype is not None:
@@ -63,6 +75,7 @@ def load(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     compile: bool = False,
+    strict: bool = False,
 ) -> Model:
     """Load a model (eval mode) from a w2v checkpoint directory, a Hugging Face model
     directory, a fairseq ``.pt`` file, or a Hugging Face hub id (``org/name`` where no
@@ -72,7 +85,12 @@ def load(
     dtype: float32 (default), bfloat16 or float16 (norms keep computing in
     float32). compile: run the model through :func:`torch.compile` (the first
     call of each kind compiles, which takes a while; see :meth:`Model.compile`).
-    Notices about dropped heads are emitted as :class:`UserWarning`.
+
+    A task head w2v runs (sequence or frame classification, x-vector, the community
+    speech classification) is loaded with its labels: :meth:`Model.head`,
+    :attr:`Model.id2label`. Other weights outside the backbone (a head w2v cannot run) are
+    not loaded, with a one-line notice naming them; ``strict=True`` refuses such a
+    checkpoint (:class:`CheckpointError`). Notices are emitted as :class:`UserWarning`.
     """
     p = Path(path)
     if not p.exists():
@@ -82,7 +100,7 @@ def load(
             raise CheckpointError(
                 f"{shown(os.fspath(path))}: no such file or directory{_not_hub(path)}"
             )
-    ckpt = read_checkpoint(p)
+    ckpt = read_checkpoint(p, strict=strict)
     for notice in ckpt.notices:
         warnings.warn(notice, stacklevel=2)
     if isinstance(dtype, str):
@@ -105,11 +123,17 @@ def _not_hub(path: str | os.PathLike) -> str:
 
 
 def convert(
-    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    strict: bool = False,
 ) -> Checkpoint:
     """``w2v convert``: read the checkpoint ``src`` and save it as a w2v checkpoint directory
-    ``dst`` (``config.json`` + ``model.safetensors``, each written atomically). Returns the
-    checkpoint, whose ``notices`` (dropped heads) the caller shows.
+    ``dst`` (``config.json`` + ``model.safetensors``, the task head's ``head.safetensors``
+    and the unused weights' ``extra.safetensors`` when there are any; each written
+    atomically). Returns the checkpoint, whose ``notices`` (dropped heads) the caller
+    shows. ``strict``: refuse weights outside the backbone that w2v does not run.
 
     ``dst`` is checked first (:func:`check_convert_destination`), so the source is never
     written. Raises :class:`UsageError` for a destination refused,
@@ -119,9 +143,13 @@ def convert(
     if not os.path.exists(src):
         raise CheckpointError(f"{shown(os.fspath(src))}: no such file or directory")
     check_convert_destination(src, dst, overwrite=overwrite)
-    ckpt = read_checkpoint(src)
+    ckpt = read_checkpoint(src, strict=strict)
     save(ckpt, dst)
     return ckpt
+
+
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEAD_FILE, EXTRA_FILE)
+"""The files of a w2v checkpoint directory, which converting into it writes or removes."""
 
 
 def check_convert_destination(
@@ -133,8 +161,8 @@ def check_convert_destination(
       resolved), whatever ``overwrite`` says: the source is never written to;
     * ``dst`` must be a new or empty directory (w2v's own temporaries aside), or a
       w2v checkpoint directory (a previous output, replaced); any other
-      non-empty directory only with ``overwrite``, and then only ``config.json``
-      and ``model.safetensors`` there are replaced, nothing else is touched.
+      non-empty directory only with ``overwrite``, and then only the checkpoint's files
+      there (:data:`CHECKPOINT_FILES`) are replaced or removed, nothing else is touched.
     """
     s, d = Path(os.path.realpath(src)), Path(os.path.realpath(dst))
     if d == s or s in d.parents or d in s.parents:
@@ -152,8 +180,8 @@ def check_convert_destination(
     if any(not e.name.endswith(TMP_SUFFIX) for e in d.iterdir()):
         raise UsageError(
             f"output {shown(os.fspath(dst))} is not empty and holds no w2v checkpoint; give a "
-            "new or empty directory, or --overwrite to write config.json and "
-            "model.safetensors there (replacing files of those names)"
+            f"new or empty directory, or --overwrite to write the checkpoint there (replacing "
+            f"or removing files named {', '.join(CHECKPOINT_FILES)})"
         )
 
 
@@ -198,10 +226,11 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     compile: bool = False,
+    strict: bool = False,
 ) -> torch.nn.Module:
     """A model object as is (moved/cast when asked), or anything :func:`load` accepts
-    (on :func:`default_device` unless ``device`` says otherwise); ``compile`` applies
-    :meth:`w2v.nn.model.Model.compile`.
+    (on :func:`default_device` unless ``device`` says otherwise, ``strict`` passed on);
+    ``compile`` applies :meth:`w2v.nn.model.Model.compile`.
 
     Raises :class:`UsageError` for an unknown dtype, a device that is malformed or
     absent, or a model path or hub id that cannot be loaded.
@@ -219,6 +248,8 @@ def load_model(
         model.eval()
         return model.compile() if compile else model
     try:
-        return load(model, device=device or default_device(), dtype=dtype, compile=compile)
+        return load(
+            model, device=device or default_device(), dtype=dtype, compile=compile, strict=strict
+        )
     except (ValueError, OSError, ImportError) as e:
         raise UsageError(f"cannot load model {os.fspath(model)!r}: {one_line(e)}") from None

@@ -337,6 +337,8 @@ def test_written_entries_have_exactly_the_schema_fields(tmp_path):
         "model": "Model",
         "dtype": "float32",
         "channel": None,
+        "head": None,
+        "labels": None,
     }
     assert (ok["chunk_seconds"], ok["context_seconds"]) == (None, None)  # computed whole
 

@@ -97,6 +97,8 @@ SETTINGS_EXAMPLE = dict(
     model="/m",
     dtype="float32",
     channel=None,
+    head=None,
+    labels=None,
 )
 
 

@@ -1,4 +1,5 @@
-"""The whole encoder: conv features → projection → transformer, plus an optional CTC head."""
+"""The whole encoder: conv features → projection → transformer, plus an optional head: CTC
+(``lm_head``) or a task head of :mod:`w2v.nn.heads` (``task_head``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from w2v.config import SAMPLE_RATE, CheckpointInfo, Config
 from w2v.nn.encoder import Encoder
 from w2v.nn.feature_encoder import FeatureEncoder
 from w2v.nn.functional import frame_mask
+from w2v.nn.heads import Head, HeadConfig, build_head, run_head
 from w2v.nn.norm import LayerNorm
 
 
@@ -43,9 +45,21 @@ class Model(nn.Module):
 
     ``info`` (:class:`~w2v.config.CheckpointInfo`) is what the checkpoint says beyond
     the architecture; ``normalize``, ``vocab`` and ``family`` read it.
+
+    ``head``: the task head of a fine-tuned checkpoint (:class:`~w2v.nn.heads.HeadConfig`),
+    built as ``task_head`` (state-dict keys ``task_head.*``; not ``head``, which is the
+    method that runs it). ``unused``: names of the checkpoint's weights outside the backbone
+    that w2v keeps but does not run, for messages only.
     """
 
-    def __init__(self, config: Config, info: CheckpointInfo | None = None):
+    def __init__(
+        self,
+        config: Config,
+        info: CheckpointInfo | None = None,
+        head: HeadConfig | None = None,
+        *,
+        unused: Sequence[str] = (),
+    ):
         super().__init__()
         self.config = config
         self.info = info or CheckpointInfo()
@@ -55,6 +69,8 @@ class Model(nn.Module):
         self.lm_head = (
             nn.Linear(config.hidden_size, config.vocab_size) if config.vocab_size else None
         )
+        self.task_head: Head | None = None if head is None else build_head(head, config)
+        self.unused = tuple(unused)
 
     # ------------------------------------------------------------------ checkpoint info
     @property
@@ -75,6 +91,28 @@ class Model(nn.Module):
     @property
     def family(self) -> str:
         return self.info.family
+
+    # ------------------------------------------------------------------ heads
+    @property
+    def head_kind(self) -> str | None:
+        """The head :meth:`head` runs: a :data:`w2v.nn.heads.KINDS` name, ``"ctc"``, or None."""
+        if self.task_head is not None:
+            return self.task_head.head_config.kind
+        return "ctc" if self.lm_head is not None else None
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """Label id → name of the task head's classes, when the checkpoint names them."""
+        return None if self.task_head is None else self.task_head.head_config.id2label
+
+    def head(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The head's outputs for (batch, samples) at 16 kHz with ``lengths`` (batch,) valid
+        samples: ``"logits"`` (batch, labels), or per frame (batch, frames, labels) for
+        frame classification and CTC (vocab), plus ``"embeddings"`` (batch, dim) for
+        x-vector. See :func:`w2v.nn.heads.run_head`; ValueError when there is no head."""
+        return run_head(self, self.task_head, waveforms, lengths)
 
     # ------------------------------------------------------------------ inputs
     def _check_input(

@@ -23,12 +23,14 @@ from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy
 from w2v.pipeline import audio
 from w2v.pipeline.audio import AudioInfo
 from w2v.pipeline.batching import PROBE_WORKERS, parallel_map
+from w2v.pipeline.head import HeadResult, head_spec, run_head_alone
 from w2v.pipeline.inputs import Input, abspath, collect_inputs
 from w2v.pipeline.layers import LayerSpec, parse_layers, resolve_layers
 from w2v.pipeline.outputs import (
     ManifestWriter,
     OutputLock,
     check_format,
+    check_head_format,
     is_done,
     is_out_of_space,
     make_settings,
@@ -104,15 +106,23 @@ def embed_files(
     chunk_seconds: float | None = None,
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
     compile: bool = False,
+    head: bool = False,
+    strict: bool = False,
 ) -> Summary:
     """Embed audio files into ``out_dir``: the work behind ``w2v embed``.
 
     Writes one output per input and ``out_dir/manifest.jsonl`` (layout in
     :mod:`w2v.pipeline.outputs`). Inputs done by an earlier run with the same settings
     (and computed in the windows this run would use) are skipped unless ``overwrite``.
-    A bad input becomes an ``error`` entry and the run goes on. Raises
-    :class:`UsageError` for bad arguments, no inputs, colliding output names, a model
-    that cannot be loaded, another run writing to ``out_dir``, an ``out_dir`` holding
+    A bad input becomes an ``error`` entry and the run goes on.
+
+    ``head``: also write the model's head outputs beside the layers (safetensors only;
+    see :mod:`w2v.pipeline.head`). ``strict``: refuse a checkpoint with weights outside
+    the backbone that w2v does not run (see :func:`w2v.load`).
+
+    Raises :class:`UsageError` for bad arguments, no inputs, colliding output names, a
+    model that cannot be loaded (or ``head`` and it has no head w2v runs), another run
+    writing to ``out_dir``, an ``out_dir`` holding
     results of other settings (unless ``overwrite``: those entries and their outputs
     are removed first), and a full disk (the run stops; what was written is kept, and
     a rerun finishes the rest).
@@ -121,6 +131,8 @@ def embed_files(
     progress = progress or Progress()
     check_pool(pool)
     check_format(fmt)
+    if head:
+        check_head_format(fmt)
     if batch_seconds is not None and batch_seconds <= 0:
         raise UsageError(f"--batch-seconds must be positive, got {batch_seconds}")
     try:
@@ -137,7 +149,8 @@ def embed_files(
     if not out.is_dir():
         raise UsageError(f"output {out} is not a directory")
     with OutputLock(out):  # before anything is read or written there
-        loaded = load_model(model, device=device, dtype=dtype, compile=compile)
+        loaded = load_model(model, device=device, dtype=dtype, compile=compile, strict=strict)
+        spec = head_spec(loaded) if head else None
         layer_idx = resolve_layers(layers, loaded.config.num_layers)
         smoke_test(loaded, layer_idx, pool)
         settings = make_settings(
@@ -147,6 +160,8 @@ def embed_files(
             model=_model_name(model),
             dtype=str(placement(loaded)[1]).removeprefix("torch."),
             channel=channel,
+            head=None if spec is None else spec.kind,
+            labels=None if spec is None else spec.labels,
         )
 
         summary = Summary(out_dir=out)
@@ -165,8 +180,20 @@ def embed_files(
             writer = ManifestWriter(out)
         except OSError as e:
             raise UsageError(f"cannot write {out}: {one_line(e)}") from None
+        clock = Clock()
         try:
             infos = parallel_map(_probe, todo, PROBE_WORKERS)  # the model is idle meanwhile
+
+            def head_outputs(item: Input) -> HeadResult | Exception | None:
+                if spec is None:
+                    return None
+                start = time.perf_counter()
+                try:
+                    return run_head_alone(loaded, item.path, spec, channel)
+                except Exception as e:  # noqa: BLE001 - reported per item
+                    return RuntimeError(f"head: {one_line(e)}")
+                finally:
+                    clock.model += time.perf_counter() - start
 
             def record(item: Input, info: AudioInfo | None, result: Result | Exception) -> None:
                 entry = new_entry(
@@ -176,10 +203,14 @@ def embed_files(
                     sample_rate=info.sample_rate if info else None,
                     channels=info.channels if info else None,
                 )
+                heads = None if isinstance(result, Exception) else head_outputs(item)
+                if isinstance(heads, Exception):
+                    result = heads
                 if not isinstance(result, Exception):
                     name = output_name(item.key, fmt)
+                    outputs = None if heads is None else (spec.kind, heads.outputs)
                     try:
-                        write_output(out / name, result.array, layer_idx, pool, fmt)
+                        write_output(out / name, result.array, layer_idx, pool, fmt, outputs)
                     except OSError as e:
                         if is_out_of_space(e):
                             raise _stopped(out / name, e, summary) from None
@@ -191,6 +222,7 @@ def embed_files(
                             frames=int(result.frames),
                             chunk_seconds=chunk,
                             context_seconds=context,
+                            text=None if heads is None else heads.text,
                         )
                 if isinstance(result, Exception):
                     entry.update(status="error", error=f"{item.path}: {one_line(result)}")
@@ -218,7 +250,6 @@ def embed_files(
                 record(it, None, err)
 
             sources = [Source(path=it.path, samples_16k=info.samples_16k) for it, info in runnable]
-            clock = Clock()
             results = stream(
                 loaded,
                 sources,

@@ -14,6 +14,19 @@ Layout of the output directory ``DIR``:
   file metadata records ``layers`` (JSON list) and ``pool``.
 * ``DIR/manifest.jsonl``: one JSON object per input (fields in :data:`ENTRY_SCHEMA`).
 
+Head outputs (``w2v embed --head``) go into the safetensors file beside the layers, float32,
+computed on each input whole and alone, and the metadata records ``head`` (its kind):
+
+* ``"logits"``: ``(labels,)`` for sequence and speech classification, ``(frames, labels)``
+  for frame classification and ``(frames, vocab)`` for CTC, cut to the input's valid
+  frames; ``(dim,)`` for x-vector;
+* ``"embeddings"``: ``(dim,)``, the x-vector embedding (x-vector only).
+
+The manifest settings record ``head`` and ``labels`` (the logits' column names: the
+checkpoint's ``id2label``, or the CTC vocabulary), and for CTC each entry's ``text`` holds
+the greedy transcript. ``npy`` holds one array, so ``--head`` needs ``safetensors``
+(:func:`check_head_format` refuses ``npy``).
+
 Frame ``t`` of an unpooled output covers input samples ``[320 t, 320 t + 400)``
 at 16 kHz (a 25 ms window every 20 ms).
 
@@ -68,6 +81,8 @@ except ImportError:  # not POSIX: runs are not locked
     fcntl = None
 
 FORMATS = {"npy": ".npy", "safetensors": ".safetensors"}
+HEAD_OUTPUTS = ("logits", "embeddings")
+"""Tensor names a head's outputs take in a safetensors output file."""
 MANIFEST = "manifest.jsonl"
 LOCK = ".w2v-embed.lock"
 """Lock file in DIR held (``flock``) by the run writing there."""
@@ -96,6 +111,9 @@ ENTRY_SCHEMA = (
     Field("model", True, "the model as given: a path made absolute, a hub id, or an object's name"),
     Field("dtype", True, 'compute dtype ("float32", "bfloat16", "float16")'),
     Field("channel", True, "channel picked, or null for the mean of all channels"),
+    Field("head", True, "head kind written beside the layers (--head), or null"),
+    Field("labels", True, "names of the head's logits columns in order, or null"),
+    Field("text", False, "greedy CTC transcript (--head on a CTC model), or null"),
     Field("chunk_seconds", False, "window length the input was computed in, or null (whole)"),
     Field("context_seconds", False, "context each side of those windows, or null (whole)"),
 )
@@ -131,25 +149,47 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def check_head_format(fmt: str) -> None:
+    """:class:`UsageError` unless ``fmt`` can hold head outputs beside the layers."""
+    if check_format(fmt) != "safetensors":
+        raise UsageError(
+            f"--head needs --format safetensors: the head's outputs are stored as named "
+            f"tensors beside the layers, and {fmt} holds one array"
+        )
+
+
 def output_name(key: str, fmt: str) -> str:
     """``sub/a.flac`` → ``sub/a.flac.npy``."""
     return key + FORMATS[check_format(fmt)]
 
 
 def write_output(
-    path: str | os.PathLike, array: np.ndarray, layers: list[int], pool: str, fmt: str
+    path: str | os.PathLike,
+    array: np.ndarray,
+    layers: list[int],
+    pool: str,
+    fmt: str,
+    head: tuple[str, dict[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Write one input's embeddings ``(layers, ...)`` as ``fmt``, atomically."""
+    """Write one input's embeddings ``(layers, ...)`` as ``fmt``, atomically; ``head``:
+    ``(kind, {"logits": ..., ...})`` written beside them (safetensors only)."""
     check_format(fmt)
     array = np.ascontiguousarray(array, dtype=np.float32)
     if array.shape[0] != len(layers):
         raise ValueError(f"array has {array.shape[0]} layers, expected {len(layers)}")
     if fmt == "npy":
+        if head is not None:
+            raise ValueError("npy output holds the layers only; head outputs need safetensors")
         return atomic_write_file(path, lambda f: np.save(f, array, allow_pickle=False))
     from safetensors.numpy import save
 
     tensors = {str(layer): np.ascontiguousarray(array[i]) for i, layer in enumerate(layers)}
-    blob = save(tensors, metadata={"layers": json.dumps(layers), "pool": pool})
+    metadata = {"layers": json.dumps(layers), "pool": pool}
+    if head is not None:
+        kind, outputs = head
+        tensors.update({k: np.ascontiguousarray(v, np.float32) for k, v in outputs.items()})
+        metadata["head"] = kind
+    blob = save(tensors, metadata=metadata)
     return atomic_write_file(path, lambda f: f.write(blob))
 
 
@@ -164,6 +204,17 @@ def read_output(path: str | os.PathLike) -> np.ndarray:
         meta = f.metadata() or {}
         names = [str(i) for i in json.loads(meta["layers"])] if "layers" in meta else list(f.keys())
         return np.stack([f.get_tensor(n) for n in names])
+
+
+def read_head_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The head outputs of a safetensors output file (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        if "head" not in (f.metadata() or {}):
+            return {}
+        names = set(f.keys())
+        return {k: f.get_tensor(k) for k in HEAD_OUTPUTS if k in names}
 
 
 # Manifest ----------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""``w2v embed --head``: the head's outputs beside the layers (safetensors), labels and the
+head kind in the manifest settings, CTC transcripts, and the usage errors (no head, npy,
+``--strict``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+from w2v.convert.checkpoint import Checkpoint, save
+
+from tests.helpers import TINY_W2V
+from w2v.cli import main
+from w2v.config import CheckpointInfo, Config
+from w2v.nn.heads import HeadConfig
+from w2v.nn.heads.ctc import greedy_decode
+from w2v.nn.model import Model
+from w2v.pipeline.outputs import read_head_outputs, read_manifest, read_output
+
+LABELS = ["angry", "happy", "neutral"]
+VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAOINSHRD"]
+HEADS = {
+    "sequence_classification": HeadConfig(
+        "sequence_classification", num_labels=3, labels=tuple(LABELS), classifier_proj_size=8
+    ),
+    "frame_classification": HeadConfig("frame_classification", num_labels=3, labels=tuple(LABELS)),
+    "xvector": HeadConfig(
+        "xvector",
+        num_labels=3,
+        labels=tuple(LABELS),
+        tdnn_dim=(16, 16, 24),
+        tdnn_kernel=(5, 3, 1),
+        tdnn_dilation=(1, 2, 1),
+        xvector_output_dim=8,
+        use_weighted_layer_sum=True,
+    ),
+    "speech_classification": HeadConfig(
+        "speech_classification", num_labels=3, labels=tuple(LABELS), pooling_mode="max"
+    ),
+}
+SECONDS = (0.5, 0.8)
+
+
+def save_model(model: Model, directory: Path, **extra) -> Path:
+    """A w2v checkpoint directory of ``model``, its task head and ``extra`` weights."""
+    state = model.state_dict()
+    head_state = {k.removeprefix("task_head."): v for k, v in state.items() if "task_head." in k}
+    backbone = {k: v for k, v in state.items() if not k.startswith("task_head.")}
+    head = None if model.task_head is None else model.task_head.head_config
+    ckpt = Checkpoint(model.config, backbone, model.info, head=head, head_state=head_state,
+                      extra=extra)  # fmt: skip
+    return save(ckpt, directory)
+
+
+def tiny(head: HeadConfig | None = None, vocab: list[str] | None = None) -> Model:
+    torch.manual_seed(0)
+    config = Config(**TINY_W2V, vocab_size=None if vocab is None else len(vocab))
+    model = Model(config, CheckpointInfo(vocab=vocab), head).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # head matrices at 1/sqrt(fan_in): outputs that depend on the input
+        for name, p in model.named_parameters():
+            if name.startswith(("task_head.", "lm_head.")) and p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    return model
+
+
+def write_inputs(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, seconds in enumerate(SECONDS):
+        data = 0.1 * np.random.default_rng(i).standard_normal(int(16000 * seconds))
+        paths.append(directory / f"a{i}.wav")
+        sf.write(paths[-1], data.astype(np.float32), 16000, subtype="FLOAT")
+    return paths
+
+
+def run(argv: list, capsys) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def expected_head(model: Model, path: Path) -> dict[str, torch.Tensor]:
+    wave, _ = sf.read(path, dtype="float32")
+    with torch.inference_mode():
+        return {k: v[0] for k, v in model.head(torch.from_numpy(wave)[None]).items()}
+
+
+@pytest.mark.parametrize("kind", list(HEADS))
+def test_head_outputs_beside_the_layers(kind, tmp_path, capsys):
+    model = tiny(HEADS[kind])
+    ckpt = save_model(model, tmp_path / "ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["embed", *inputs, "--model", ckpt, "--out", out, "--layers", "0,2"]
+    code, err = run([*argv, "--head", "--format", "safetensors"], capsys)
+    assert code == 0, err
+    manifest = read_manifest(out)
+    for path in inputs:
+        entry = manifest[str(path)]
+        assert (entry["head"], entry["labels"], entry["text"]) == (kind, LABELS, None)
+        file = out / entry["output"]
+        with safe_open(str(file), framework="numpy") as f:
+            assert f.metadata()["head"] == kind
+            names = set(f.keys())
+        want = {"logits", "embeddings"} if kind == "xvector" else {"logits"}
+        assert names == {"0", "2"} | want
+        assert read_output(file).shape == (2, 32)  # the layers read back as before
+        got, ref = read_head_outputs(file), expected_head(model, path)
+        assert set(got) == set(ref) == want
+        for name in want:
+            torch.testing.assert_close(torch.from_numpy(got[name]), ref[name], atol=1e-5, rtol=0)
+        if kind == "frame_classification":
+            assert got["logits"].shape == (entry["frames"], len(LABELS))
+        elif kind != "xvector":
+            assert got["logits"].shape == (len(LABELS),)
+
+    # --head is a setting: the same run again resumes, a run without it is refused
+    code, err = run([*argv, "--head", "--format", "safetensors"], capsys)
+    assert code == 0 and f"0 ok, 0 failed, {len(inputs)} skipped" in err, err
+    code, err = run([*argv, "--format", "safetensors"], capsys)
+    assert code == 2 and "other settings" in err and "head:" in err, err
+
+
+def test_ctc_head_writes_logits_and_the_transcript(tmp_path, capsys):
+    model = tiny(vocab=VOCAB)
+    ckpt = save_model(model, tmp_path / "ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    code, err = run(
+        ["embed", *inputs, "--model", ckpt, "--out", out, "--head", "--format", "safetensors"],
+        capsys,
+    )
+    assert code == 0, err
+    texts = []
+    for path in inputs:
+        entry = read_manifest(out)[str(path)]
+        assert (entry["head"], entry["labels"]) == ("ctc", VOCAB)
+        logits = read_head_outputs(out / entry["output"])["logits"]
+        assert logits.shape == (entry["frames"], len(VOCAB))
+        torch.testing.assert_close(
+            torch.from_numpy(logits), expected_head(model, path)["logits"], atol=1e-5, rtol=0
+        )
+        assert entry["text"] == greedy_decode(torch.from_numpy(logits)[None], None, VOCAB)[0]
+        texts.append(entry["text"])
+    assert all(texts) and len(set("".join(texts))) > 2, texts
+
+
+def test_head_on_a_model_without_one_is_a_usage_error(tmp_path, capsys):
+    ckpt = save_model(tiny(), tmp_path / "ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    argv = ["embed", *inputs, "--model", ckpt, "--out", tmp_path / "out", "--head"]
+    code, err = run([*argv, "--format", "safetensors"], capsys)
+    assert code == 2 and "error: --head: the model has no head (an encoder only)" in err, err
+    assert not (tmp_path / "out" / "a0.wav.safetensors").exists()
+
+
+def test_head_with_npy_is_a_usage_error(tmp_path, capsys):
+    ckpt = save_model(tiny(HEADS["sequence_classification"]), tmp_path / "ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    code, err = run(["embed", *inputs, "--model", ckpt, "--out", tmp_path / "o", "--head"], capsys)
+    assert code == 2 and "--head needs --format safetensors" in err, err
+
+
+def test_unknown_head_keys_run_without_head_and_strict_refuses(tmp_path, capsys):
+    extra = {"my_head.proj.weight": torch.randn(5, 32), "my_head.proj.bias": torch.randn(5)}
+    ckpt = save_model(tiny(), tmp_path / "ckpt", **extra)
+    inputs = write_inputs(tmp_path / "in")
+    argv = ["embed", *inputs, "--model", ckpt, "--format", "safetensors"]
+
+    code, err = run([*argv, "--out", tmp_path / "o1"], capsys)
+    assert code == 0 and "my_head.proj.*" in err, err  # the notice names them
+    code, err = run([*argv, "--out", tmp_path / "o2", "--head"], capsys)
+    assert code == 2 and "no head w2v runs: my_head.proj.*" in err, err
+    code, err = run([*argv, "--out", tmp_path / "o3", "--strict"], capsys)
+    assert code == 2 and "unknown weight keys" in err and "my_head.proj" in err, err
+    assert not (tmp_path / "o3" / "manifest.jsonl").exists()
+
+
+def test_convert_strict_refuses_and_plain_convert_keeps_the_keys(tmp_path, capsys):
+    extra = {"my_head.proj.weight": torch.randn(5, 32)}
+    src = save_model(tiny(), tmp_path / "src", **extra)
+    code, err = run(["convert", src, tmp_path / "strict", "--strict"], capsys)
+    assert code == 2 and "unknown weight keys" in err, err
+    assert not (tmp_path / "strict" / "config.json").exists()
+    code, err = run(["convert", src, tmp_path / "plain"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["extra"] == list(extra)
