@@ -10,6 +10,7 @@ Data flows one way, one module per step:
 * :mod:`~w2v.pipeline.stream`: the model on each batch, item-by-item fallback, long inputs;
 * :mod:`~w2v.pipeline.pooling`: mean / stats / frames over valid frames only;
 * :mod:`~w2v.pipeline.outputs`: output files, the manifest and its schema, resume;
+* :mod:`~w2v.pipeline.head`: ``--head``: a fine-tuned head's outputs for each input;
 * :mod:`~w2v.pipeline.files`: :func:`embed_files` (``w2v embed``), progress, summary;
 * :mod:`~w2v.pipeline.in_memory`: :func:`embed` (``w2v.embed``), paths or arrays in, arrays
   out (:class:`Embeddings`), per-item errors raised or skipped.
