@@ -32,7 +32,7 @@ from w2v.convert.outside import EXTRA_FILE, expected_head_state, head_problem, u
 
 from w2v.atomic import atomic_write
 from w2v.config import CheckpointInfo, Config
-from w2v.errors import CheckpointError, one_line, quoted, shown
+from w2v.errors import CheckpointError, escaped, one_line, quoted, shown
 from w2v.nn.heads import HeadConfig
 
 FORMAT = "w2v"
@@ -66,6 +66,8 @@ class Checkpoint:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # notices name their input (a path may hold ESC or newlines) and are printed as is
+        object.__setattr__(self, "notices", tuple(escaped(n) for n in self.notices))
         if self.head is None and self.head_state:
             raise ValueError("head weights without a head config")
 
@@ -89,12 +91,20 @@ class Checkpoint:
 
 
 def is_w2v_dir(path: str | os.PathLike) -> bool:
-    return format_version(path) is not None
+    """Whether ``path``'s config.json says it is a w2v checkpoint directory (of any version:
+    one of an unknown version is still w2v's, and :func:`read` says what is wrong with it)."""
+    return _w2v_meta(path) is not None
 
 
 def format_version(path: str | os.PathLike) -> int | None:
     """The format version of the w2v checkpoint directory ``path`` (1 when its config.json
-    does not say), or None when ``path`` is not one."""
+    does not say), or None when ``path`` is not one or its version is not an integer."""
+    meta = _w2v_meta(path)
+    version = None if meta is None else meta.get("format_version", 1)
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _w2v_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     cfg = Path(path) / CONFIG_FILE
     if not cfg.is_file():
         return None
@@ -102,10 +112,7 @@ def format_version(path: str | os.PathLike) -> int | None:
         meta = read_json_object(cfg, "config")
     except CheckpointError:
         return None
-    if meta.get("format") != FORMAT:
-        return None
-    version = meta.get("format_version", 1)
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
+    return meta if meta.get("format") == FORMAT else None
 
 
 def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:

@@ -66,7 +66,10 @@ def config_from_fairseq(model_cfg: dict) -> tuple[Config, str]:
 
     def get_int(key: str) -> int:
         value = get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        # float.is_integer: a whole float (fairseq configs hold 768.0), never inf or nan
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
             raise CheckpointError(f"{key} must be an integer, got {quoted(value)}")
         return int(value)
 

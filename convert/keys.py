@@ -264,6 +264,7 @@ def convert(
         key = origin.get(target) or table.source_of(target) or target
         return key if key == target else f"{key} (w2v {target})"
 
+    check_shared(out, source)
     _check_repeats(out, config, source, named)
     expected = expected_state(config)
     for target, transform in table.transforms.items():
@@ -320,6 +321,35 @@ def check_state(
                 f"{source}: {shown(named(k))} has shape {tuple(state[k].shape)}, "
                 f"the config implies {tuple(want.shape)}"
             )
+
+
+def check_shared(tensors: Mapping[str, object], source: str) -> None:
+    """Raise :class:`CheckpointError` when ``tensors`` claim more bytes together than the
+    memory under them holds: keys sharing one storage (views of the same bytes).
+
+    A pickle can name one storage under thousands of keys at the cost of a few bytes each;
+    copying them (saving, filling, building the model) would allocate each in full, so a
+    file of megabytes would cost gigabytes. Views that split a storage without overlapping,
+    as some exporters write, stay within it.
+    """
+    spans = []
+    claimed = 0
+    for value in tensors.values():
+        if isinstance(value, torch.Tensor) and not value.is_meta:
+            storage = value.untyped_storage()
+            spans.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+            claimed += value.numel() * value.element_size()
+    held, end = 0, None  # bytes of the union of the storages' spans
+    for start, stop in sorted(spans):
+        if end is None or start >= end:
+            held, end = held + stop - start, stop
+        elif stop > end:
+            held, end = held + stop - end, stop
+    if claimed > held:
+        raise CheckpointError(
+            f"{source}: the weights claim {claimed} bytes but share {held} bytes of data "
+            "(several keys are views of the same storage); refused"
+        )
 
 
 def _check_repeats(

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from w2v.convert.keys import Table, some
+from w2v.convert.keys import Table, check_shared, some
 
 from w2v.config import Config
 from w2v.errors import CheckpointError, shown
@@ -107,6 +107,7 @@ def split(
         outside = {}
     for key, value in (*head_state.items(), *outside.items()):
         check_dense(key, value, source)
+    check_shared({**head_state, **outside}, source)
     return Outside(inner, head, head_state, outside, tuple(remarks))
 
 

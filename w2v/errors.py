@@ -74,6 +74,12 @@ def quoted(value: object, limit: int = 80) -> str:
     return shown(repr(value[: limit + 1]) if isinstance(value, str) else value, limit)
 
 
+def escaped(text: str) -> str:
+    """``text`` with control and format characters escaped as :func:`shown` does, but not
+    cut: for a whole line built of pieces already cut (a notice that names its input)."""
+    return _escape(text)
+
+
 def _escape(text: str) -> str:
     if text.isprintable():
         return text

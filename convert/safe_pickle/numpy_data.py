@@ -94,6 +94,10 @@ def set_array_state(array: np.ndarray, state: Any) -> None:
     """The pickle's BUILD on an array: raw bytes of a plain dtype, of exactly the right size."""
     if not (isinstance(state, tuple) and len(state) in (4, 5)):
         raise pickle.UnpicklingError("unexpected numpy array state")
+    if array.size or not array.flags.owndata:
+        # only the empty placeholder of reconstruct is filled: restoring an array that has
+        # data frees that data while a view of it (a pickle buffer) may still read it
+        raise Refused("numpy array state restored onto an array that already has data")
     shape, dtype, fortran, data = state[-4:]
     dtype = plain_dtype(dtype)
     if not isinstance(fortran, bool) or not isinstance(data, (bytes, bytearray)):

@@ -99,14 +99,24 @@ def _read_zip(f) -> Any:
     file_size = os.fstat(f.fileno()).st_size
     with zipfile.ZipFile(f) as zf:
         names = set(zf.namelist())
+        unpacked = 0  # bytes of all members read so far
 
         def member(name: str) -> zipfile.ZipInfo:
-            # a member can declare any size; it can only hold what the file holds
+            # a member can declare any size; it can only hold what the file holds. So can all
+            # of them together: compressed members (a zip bomb) or members whose entries share
+            # their bytes could otherwise unpack to many times the file
+            nonlocal unpacked
             info = zf.getinfo(name)
             if info.file_size > file_size:
                 raise ValueError(
                     f"zip member {short_repr(name)} declares {info.file_size} bytes, "
                     f"more than the whole file ({file_size})"
+                )
+            unpacked += info.file_size
+            if unpacked > file_size:
+                raise ValueError(
+                    f"zip members unpack to more than the whole file ({file_size} bytes) by "
+                    f"{short_repr(name)}: compressed or overlapping members are not allowed"
                 )
             return info
 

@@ -226,7 +226,9 @@ class Constructor:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         for value in (*args, *kwargs.values()):
-            if isinstance(value, int) and self.fn in (bytes, bytearray):
+            # any integer-like size counts: numpy integers and one-element tensors have
+            # __index__ too, and bytes(numpy.int64(6e9)) allocates as much as bytes(6e9)
+            if self.fn in (bytes, bytearray) and hasattr(type(value), "__index__"):
                 raise Refused(f"the pickle calls {self.name} with a size, which is not allowed")
             try:
                 n = len(value)
@@ -438,6 +440,15 @@ class Unpickler(pickle._Unpickler):
     def load_extension(self) -> None:
         raise Refused("the pickle uses copyreg extension codes, which are not allowed")
 
+    def load_readonly_buffer(self) -> None:
+        # a buffer view of an array or tensor would outlive its data if the pickle then
+        # rebuilt that object; pickles only ever mark their own bytes read-only
+        if not isinstance(self.stack[-1], (bytes, bytearray)):
+            raise Refused(
+                f"the pickle takes a buffer of {short_repr(self.stack[-1])}, which is not allowed"
+            )
+        super().load_readonly_buffer()
+
     def load_bytearray8(self) -> None:
         # the base handler allocates the declared length before reading it
         (n,) = struct.unpack("<Q", self.read(8))
@@ -535,6 +546,7 @@ for _code, _fn in {
     pickle.EXT2: Unpickler.load_extension,
     pickle.EXT4: Unpickler.load_extension,
     pickle.BYTEARRAY8: Unpickler.load_bytearray8,
+    pickle.READONLY_BUFFER: Unpickler.load_readonly_buffer,
     pickle.MARK: Unpickler.load_mark,
 }.items():
     Unpickler.dispatch[_code[0]] = _fn
