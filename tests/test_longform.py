@@ -15,7 +15,13 @@ import w2v
 from tests.helpers import REPO, TINY_W2V
 from w2v.cli import main as cli_main
 from w2v.config import Config, num_frames
-from w2v.longform import ChunkPolicy, hidden_states_long, iter_chunks, plan_windows
+from w2v.longform import (
+    ChunkPolicy,
+    hidden_states_long,
+    iter_chunks,
+    iter_chunks_stream,
+    plan_windows,
+)
 from w2v.pipeline import embed, embed_files
 from w2v.pipeline.outputs import read_manifest, read_output
 from w2v.pipeline.pooling import RunningPool, pool_layers
@@ -93,6 +99,27 @@ def test_chunked_deep_layers_close_to_full_context_and_improve_with_context():
             for c in (0.0, 1.0, 4.0)
         ]
     assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("config", [GROUP, LAYER], ids=["group", "layer"])
+@pytest.mark.parametrize("samples", [400, 16000 * 3 + 123, 16000 * 5 + 319])
+def test_windows_from_a_stream_equal_windows_from_the_whole_tensor(config, samples):
+    """Blocks of any sizes give the very windows (and trailing samples) of the whole input."""
+    model = _model(config)
+    x = torch.randn(samples)
+    cuts = np.sort(np.random.default_rng(samples).integers(0, samples, 12))
+    blocks = [b for b in torch.tensor_split(x, cuts.tolist()) if b.numel()]
+    kw = dict(chunk_seconds=0.5, context_seconds=0.2)
+    with torch.inference_mode():
+        whole = list(iter_chunks(model, x, [0, 2], **kw))
+        streamed = list(iter_chunks_stream(model, iter(blocks), samples, [0, 2], **kw))
+    assert [s for s, _ in streamed] == [s for s, _ in whole]
+    for (_, a), (_, b) in zip(streamed, whole, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="ended after"):
+        list(iter_chunks_stream(model, iter(blocks), samples + 1, [0], **kw))
+    with pytest.raises(ValueError, match="more than"):
+        list(iter_chunks_stream(model, iter([*blocks, x[:5]]), samples, [0], **kw))
 
 
 @pytest.mark.parametrize("pool", ["mean", "stats", "none"])

@@ -7,11 +7,17 @@ statistics of a group-norm first layer, the positional conv and attention see
 less than the whole input. Each window contributes just its centre frames,
 so the stitched result has exactly the full-input frame count and frame
 times, and equals the full-context result when one window covers the input.
+
+The input is either one tensor (:func:`iter_chunks`) or a stream of consecutive
+blocks whose total length is known (:func:`iter_chunks_stream`, for files too long
+to hold): the windows, and so the results, are the same; the stream holds only
+what the current window needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +40,23 @@ class ChunkPolicy:
     context_seconds: float = DEFAULT_CONTEXT_SECONDS
 
     def __post_init__(self) -> None:
-        if self.chunk_seconds is not None and self.chunk_seconds < 0:
+        if self.chunk_seconds is not None and not self.chunk_seconds >= 0:  # NaN too
             raise ValueError(f"chunk seconds must not be negative, got {self.chunk_seconds}")
-        if self.context_seconds < 0:
+        if not self.context_seconds >= 0:
             raise ValueError(f"context seconds must not be negative, got {self.context_seconds}")
+
+    def whole_limit(self) -> int | None:
+        """The most samples at 16 kHz an input may have and still be computed whole
+        (:meth:`chunk_for` gives None up to it, and one window length past it); None: no limit."""
+        seconds = AUTO_CHUNK_SECONDS if self.chunk_seconds is None else self.chunk_seconds
+        if seconds == 0 or not math.isfinite(seconds):
+            return None
+        n = int(seconds * SAMPLE_RATE)
+        while self.chunk_for(n + 1) is None:  # float rounding at the boundary
+            n += 1
+        while n > 0 and self.chunk_for(n) is not None:
+            n -= 1
+        return n
 
     def chunk_for(self, samples: int) -> float | None:
         """Window centre length in seconds for an input of ``samples`` at 16 kHz, or None (whole)."""
@@ -80,6 +99,40 @@ def plan_windows(total_frames: int, chunk_frames: int, context_frames: int) -> l
     return windows
 
 
+def _segments(
+    config, samples: int, chunk_seconds: float, context_seconds: float
+) -> Iterator[tuple[Window, int, int]]:
+    """Per window, the samples ``[start, end)`` of an input of ``samples`` that it is computed from."""
+    hop, field = config.hop_length, config.receptive_field
+    total = num_frames(samples, config)
+    if total == 0:
+        raise ValueError(
+            f"input has {samples} samples; the model needs at least {field} "
+            f"({field / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
+        )
+    frames_per_second = SAMPLE_RATE / hop
+    chunk = round(chunk_seconds * frames_per_second)
+    context = round(context_seconds * frames_per_second)
+    for w in plan_windows(total, chunk, context):
+        # samples that produce exactly window frames [first, last); the last window
+        # keeps the trailing samples too, which a group-norm first layer's statistics see
+        end = samples if w.last == total else (w.last - 1) * hop + field
+        yield w, w.first * hop, end
+
+
+def _window_states(
+    model, segment: torch.Tensor, w: Window, layers: Sequence[int] | None
+) -> list[torch.Tensor]:
+    """The kept centre of one window: one (frames, dim) tensor per layer."""
+    # a graph per window would keep every window's activations alive for as long as
+    # the caller keeps the states; the `with` closes before the caller sees them, so
+    # the caller's own code never runs under no_grad
+    with torch.no_grad():
+        states, _ = model.hidden_states(segment[None], None, layers)
+    lo, hi = w.keep_start - w.first, w.keep_stop - w.first
+    return [s[0, lo:hi] for s in states]
+
+
 def iter_chunks(
     model,
     waveform: torch.Tensor,
@@ -103,29 +156,55 @@ def iter_chunks(
         )
     if waveform.dim() != 1:
         raise ValueError(f"waveform must be (samples,), got shape {tuple(waveform.shape)}")
-    config = model.config
-    hop, field = config.hop_length, config.receptive_field
-    total = num_frames(waveform.shape[0], config)
-    if total == 0:
-        raise ValueError(
-            f"input has {waveform.shape[0]} samples; the model needs at least {field} "
-            f"({field / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
-        )
-    frames_per_second = SAMPLE_RATE / hop
-    chunk = round(chunk_seconds * frames_per_second)
-    context = round(context_seconds * frames_per_second)
-    for w in plan_windows(total, chunk, context):
-        # samples that produce exactly window frames [first, last); the last window
-        # keeps the trailing samples too, which a group-norm first layer's statistics see
-        end = waveform.shape[0] if w.last == total else (w.last - 1) * hop + field
-        segment = waveform[w.first * hop : end]
-        # a graph per window would keep every window's activations alive for as long as
-        # the caller keeps the states; the `with` closes before the yield, so the
-        # caller's own code never runs under no_grad
-        with torch.no_grad():
-            states, _ = model.hidden_states(segment[None], None, layers)
-        lo, hi = w.keep_start - w.first, w.keep_stop - w.first
-        yield w.keep_start, [s[0, lo:hi] for s in states]
+    for w, start, end in _segments(model.config, waveform.shape[0], chunk_seconds, context_seconds):
+        yield w.keep_start, _window_states(model, waveform[start:end], w, layers)
+
+
+def iter_chunks_stream(
+    model,
+    blocks: Iterable[torch.Tensor],
+    samples: int,
+    layers: Sequence[int] | None = None,
+    *,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """:func:`iter_chunks` of an input that arrives in pieces: ``blocks`` are consecutive
+    (k,) tensors at 16 kHz making up ``samples`` samples in all.
+
+    Yields what :func:`iter_chunks` yields for the blocks joined, while holding only the
+    current window's samples and the block that ends it. ValueError when the blocks
+    hold other than ``samples`` samples (after the last window, they are read to the end).
+    """
+    held = _Held(iter(blocks))
+    for w, start, end in _segments(model.config, samples, chunk_seconds, context_seconds):
+        yield w.keep_start, _window_states(model, held.take(start, end), w, layers)
+    if held.start + held.samples.shape[0] != samples or next(held.blocks, None) is not None:
+        raise ValueError(f"the input holds more than the {samples} samples announced")
+
+
+class _Held:
+    """The samples ``[start, start + len)`` of a block stream that windows still need."""
+
+    def __init__(self, blocks: Iterator[torch.Tensor]) -> None:
+        self.blocks = blocks
+        self.start = 0
+        self.samples: torch.Tensor | None = None
+
+    def take(self, start: int, end: int) -> torch.Tensor:
+        """Samples ``[start, end)``; ``start`` never goes back (windows come in order), so
+        what lies before it is let go."""
+        parts = [] if self.samples is None else [self.samples[start - self.start :]]
+        self.start = start
+        have = start + sum(p.shape[0] for p in parts)
+        while have < end:
+            block = next(self.blocks, None)
+            if block is None:
+                raise ValueError(f"the input ended after {have} samples; {end} were needed")
+            parts.append(block)
+            have += block.shape[0]
+        self.samples = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self.samples[: end - start]
 
 
 def hidden_states_long(

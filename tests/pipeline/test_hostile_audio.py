@@ -1,6 +1,6 @@
 """Hostile audio and file names given to ``w2v embed``: names that are not UTF-8, absurd sample
-rates, FIFOs and devices. Each is embedded or reported as one line, with bounded memory,
-and never hangs."""
+rates, FIFOs and devices, an hour of silence in a small file. Each is embedded or reported
+as one line, with bounded memory, and never hangs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.pipeline.cli_runs import (
     manifest_lines,
@@ -106,6 +107,22 @@ def test_decoding_in_blocks_matches_decoding_whole(tmp_path, monkeypatch):
     blocks, info = audio.load(path)
     np.testing.assert_array_equal(blocks, whole)
     assert info.frames == 44100
+
+
+def test_an_hour_of_compressed_silence_is_embedded_in_bounded_memory(tmp_path, ckpt):
+    """An hour of silence is 180 KB of FLAC and 230 MB as 16 kHz float32 (twice that while
+    its decoded blocks were joined): a long file is streamed window by window instead."""
+    path = tmp_path / "quiet.flac"
+    with sf.SoundFile(path, "w", 16000, 1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(6):
+            f.write(np.zeros(16000 * 600, np.int16))
+    assert path.stat().st_size < 2**20
+    out = tmp_path / "out"
+    code, err, peak = run_cli(path, "--model", ckpt, "--out", out, timeout=300)
+    assert code == 0 and "1 ok" in err, err
+    assert peak < PEAK_MB, f"peak {peak:.0f} MB"
+    entry = read_manifest(out)[str(path)]
+    assert entry["duration"] == 3600 and entry["chunk_seconds"] is not None
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")

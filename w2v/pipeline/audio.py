@@ -9,8 +9,8 @@ in order, for one input:
    an error, never read), the rate must lie within :data:`MIN_SAMPLE_RATE` and
    :data:`MAX_SAMPLE_RATE`, and a file is decoded block by block, so neither
    the file's own multichannel audio nor a length its header claims is ever
-   held whole: memory follows the 16 kHz mono result, at most
-   :data:`MAX_AUDIO_SECONDS` long;
+   held whole: memory follows the 16 kHz mono result, and for a file longer
+   than the caller's ``max_whole`` not even that (see *Long files* below);
 2. multichannel audio is averaged to mono, or one channel is picked
    (``channel=N``, 0-based; ``--channel N`` on the command line; mono files
    are used as they are, a file with fewer than N + 1 channels is an error);
@@ -23,6 +23,15 @@ in order, for one input:
 6. when the checkpoint asks for it (``model.normalize``), normalised per
    utterance over its own samples, before any padding:
    ``(x - mean) / sqrt(var + 1e-7)`` with the population variance.
+
+Long files: :func:`load` given ``max_whole`` (the longest input computed whole; the
+windowed inputs of :mod:`w2v.longform` are longer) keeps decoded samples only up to
+that length. Past it, the rest of that first pass only counts the samples and, for
+``normalize_input``, sums them, and :func:`load` returns a :class:`LongAudio` in place
+of the waveform; its :meth:`~LongAudio.blocks` decodes the file again, block by block,
+normalised, for the windows. Memory is then a block or two, whatever the file's length.
+The statistics are numpy's own to the last bit (:class:`StreamingSum`), so the
+normalised samples equal those of :func:`normalize` on the whole array.
 
 Problems with one input raise :class:`AudioError` whose message is one line.
 File names are given to libsndfile as bytes, so a name that is not valid
@@ -58,6 +67,9 @@ the header before decoding and against the samples while decoding, as headers ca
 
 DECODE_BLOCK = 1 << 16
 """Frames decoded (and resampled) at a time."""
+
+SUM_SPAN = 1 << 18
+"""Values (float64, 2 MB) a :class:`StreamingSum` holds before summing them."""
 
 NORM_EPS = 1e-7
 """Variance epsilon of the per-utterance normalisation (as in HF's feature extractor)."""
@@ -140,8 +152,7 @@ def decode(path: str | os.PathLike, channel: int | None = None) -> tuple[np.ndar
     ``channel=None`` averages all channels; an int picks that channel (0-based).
     """
     info, blocks = _decode_blocks(path, channel)
-    parts = list(blocks)
-    wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    wave = _joined(list(blocks))
     return wave, AudioInfo(info.sample_rate, info.channels, int(wave.shape[0]))
 
 
@@ -216,20 +227,26 @@ def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarr
     return soxr.resample(wave, rate, target, quality=RESAMPLE_QUALITY)
 
 
-def _resample_blocks(blocks: Iterator[np.ndarray], rate: int) -> np.ndarray:
-    """Mono float32 blocks at ``rate`` → one ``(samples,)`` array at 16 kHz, resampled as a
-    stream (the same samples soxr gives for the whole array at once)."""
+def _resampled(blocks: Iterator[np.ndarray], rate: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks at ``rate`` → non-empty float32 blocks at 16 kHz, resampled as a
+    stream (together, the same samples soxr gives for the whole array at once)."""
     if rate == SAMPLE_RATE:
-        parts = list(blocks)
-    else:
-        import soxr
+        yield from (b for b in blocks if b.shape[0])
+        return
+    import soxr
 
-        stream = soxr.ResampleStream(
-            rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
-        )
-        parts = [stream.resample_chunk(b) for b in blocks]
-        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+    for b in blocks:
+        out = stream.resample_chunk(b)
+        if out.shape[0]:
+            yield out
+    out = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+    if out.shape[0]:
+        yield out
+
+
+def _joined(blocks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def normalize(wave: np.ndarray) -> np.ndarray:
@@ -237,7 +254,153 @@ def normalize(wave: np.ndarray) -> np.ndarray:
     w = wave.astype(np.float64)
     mean = w.mean()
     var = w.var()  # population variance, as HF's feature extractor
+    return _normalized(w, mean, var)
+
+
+def _normalized(w: np.ndarray, mean: np.float64, var: np.float64) -> np.ndarray:
+    """float64 samples → float32 ``(w - mean) / sqrt(var + eps)``: elementwise, so a block
+    gives the same samples as its stretch of the whole array."""
     return ((w - mean) / np.sqrt(var + NORM_EPS)).astype(np.float32)
+
+
+class StreamingSum:
+    """numpy's float64 ``sum`` of ``n`` values fed in consecutive pieces, to the last bit.
+
+    numpy sums a contiguous array pairwise: it splits it in two at half its length
+    (rounded down to a multiple of 8) and sums each half the same way, down to
+    stretches of 128. So every part of that split sums exactly as numpy sums that
+    slice alone: the parts of at most :data:`SUM_SPAN` values are summed by numpy as
+    they fill, and the few above them are added in numpy's order at the end. The
+    split depends on ``n``, so it is known in advance; :meth:`result` is None when the
+    values fed do not number ``n``.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n, self.fed = n, 0
+        self._tree = self._split(n)
+        self._spans = iter(self._leaves(self._tree))
+        self._next = next(self._spans, 0)
+        self._held: list[np.ndarray] = []
+        self._held_len = 0
+        self._sums: list[np.float64] = []
+
+    @classmethod
+    def _split(cls, n: int) -> int | tuple:
+        if n <= SUM_SPAN:
+            return n
+        half = n // 2
+        half -= half % 8
+        return (cls._split(half), cls._split(n - half))
+
+    @classmethod
+    def _leaves(cls, tree: int | tuple) -> Iterator[int]:
+        if isinstance(tree, int):
+            yield tree
+        else:
+            for part in tree:
+                yield from cls._leaves(part)
+
+    def add(self, values: np.ndarray) -> None:
+        """Feed the next ``(k,)`` float64 values."""
+        self.fed += values.shape[0]
+        if self.fed > self.n:
+            self._held = []  # the result is None anyway
+            return
+        self._held.append(values)
+        self._held_len += values.shape[0]
+        while self._next and self._held_len >= self._next:
+            held = np.concatenate(self._held)
+            self._sums.append(np.add.reduce(held[: self._next]))
+            rest = held[self._next :]
+            self._held, self._held_len = [rest], rest.shape[0]
+            self._next = next(self._spans, 0)
+
+    def result(self) -> np.float64 | None:
+        """The sum, or None when other than ``n`` values were fed."""
+        if self.fed != self.n:
+            return None
+        sums = iter(self._sums or [np.float64(0.0)])
+
+        def combine(tree: int | tuple) -> np.float64:
+            if isinstance(tree, int):
+                return next(sums)
+            left = combine(tree[0])
+            return left + combine(tree[1])
+
+        return combine(self._tree)
+
+
+@dataclass(frozen=True)
+class LongAudio:
+    """A file longer than the caller holds whole (see :func:`load`): what the first pass over
+    it found, and :meth:`blocks` to read it again."""
+
+    path: Path
+    channel: int | None
+    samples: int
+    """Length at 16 kHz."""
+    mean: np.float64 | None = None
+    """Per-utterance mean and variance (float64, as :func:`normalize` computes them);
+    None: not normalised."""
+    var: np.float64 | None = None
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The file again as consecutive float32 ``(k,)`` blocks at 16 kHz, normalised when
+        the statistics are set. AudioError when the file no longer has ``samples`` samples."""
+        for block in _read_again(self.path, self.channel, self.samples):
+            if self.mean is not None:
+                block = _normalized(block.astype(np.float64), self.mean, self.var)
+            yield block
+
+
+def _read_again(path: Path, channel: int | None, samples: int) -> Iterator[np.ndarray]:
+    """The blocks at 16 kHz of a file read before, whose first pass gave ``samples``; AudioError
+    when this pass gives another number (the file was changed in between)."""
+    info, decoded = _decode_blocks(path, channel)
+    n = 0
+    for block in _resampled(decoded, info.sample_rate):
+        n += block.shape[0]
+        if n > samples:
+            break
+        yield block
+    if n != samples:
+        raise AudioError(f"the file changed while it was read (it had {samples} samples at 16 kHz)")
+
+
+def _measured(
+    path: Path,
+    channel: int | None,
+    blocks: Iterator[np.ndarray],
+    expected: int,
+    normalize_input: bool,
+    min_samples: int,
+) -> LongAudio:
+    """The rest of a first pass (``blocks``, at 16 kHz) → a :class:`LongAudio`. The sum for the
+    mean is taken on the way, split for the ``expected`` length (the header's); only when
+    that was wrong is the file read again for it. The variance needs the mean: one more pass."""
+    total = StreamingSum(expected) if normalize_input else None
+    n = 0
+    for block in blocks:
+        n += block.shape[0]
+        if total is not None:
+            total.add(block.astype(np.float64))
+    _check_length(n, min_samples)
+    if total is None:
+        return LongAudio(path, channel, n)
+    s = total.result()
+    if s is None:
+        s = _sum_of(_read_again(path, channel, n), n, lambda w: w)
+    mean = np.float64(s / n)  # as numpy's mean and var divide
+    var = np.float64(_sum_of(_read_again(path, channel, n), n, lambda w: np.square(w - mean)) / n)
+    return LongAudio(path, channel, n, mean, var)
+
+
+def _sum_of(blocks: Iterator[np.ndarray], n: int, f) -> np.float64:
+    """numpy's sum of ``f(w)`` over all ``n`` samples, ``w`` each block as float64."""
+    total = StreamingSum(n)
+    for block in blocks:
+        total.add(f(block.astype(np.float64)))
+    return total.result()
 
 
 def prepare(
@@ -269,14 +432,18 @@ def _check_finite(wave: np.ndarray) -> None:
         raise AudioError(f"audio holds {bad} NaN or Inf sample(s)")
 
 
-def _finish(wave: np.ndarray, normalize_input: bool, min_samples: int) -> np.ndarray:
-    """The checks and normalisation after resampling (steps 5 and 6)."""
-    if wave.shape[0] < min_samples:
+def _check_length(samples: int, min_samples: int) -> None:
+    if samples < min_samples:
         raise AudioError(
-            f"audio too short: {wave.shape[0]} samples at 16 kHz "
-            f"({wave.shape[0] / SAMPLE_RATE * 1000:.1f} ms); the model needs at least "
+            f"audio too short: {samples} samples at 16 kHz "
+            f"({samples / SAMPLE_RATE * 1000:.1f} ms); the model needs at least "
             f"{min_samples} ({min_samples / SAMPLE_RATE * 1000:.0f} ms)"
         )
+
+
+def _finish(wave: np.ndarray, normalize_input: bool, min_samples: int) -> np.ndarray:
+    """The checks and normalisation after resampling (steps 5 and 6)."""
+    _check_length(wave.shape[0], min_samples)
     if normalize_input:
         wave = normalize(wave)
     return np.ascontiguousarray(wave, dtype=np.float32)
@@ -288,13 +455,18 @@ def load(
     channel: int | None = None,
     normalize_input: bool = False,
     min_samples: int = 0,
-) -> tuple[np.ndarray, AudioInfo]:
+    max_whole: int | None = None,
+) -> tuple[np.ndarray | LongAudio, AudioInfo]:
     """Decode, mix down, resample, check and (optionally) normalise one file (see
     :func:`prepare` for ``min_samples``).
 
-    Returns ``(samples,)`` float32 at 16 kHz and the file's :class:`AudioInfo`.
+    Returns ``(samples,)`` float32 at 16 kHz and the file's :class:`AudioInfo` (of what
+    was read). A file longer than ``max_whole`` samples at 16 kHz gives a
+    :class:`LongAudio` in place of the samples (see *Long files* above); None: any
+    length is returned whole.
     """
-    info, blocks = _decode_blocks(path, channel)
+    p = Path(path)
+    info, blocks = _decode_blocks(p, channel)
     frames = 0
 
     def counted() -> Iterator[np.ndarray]:
@@ -303,11 +475,27 @@ def load(
             frames += block.shape[0]
             yield block
 
-    wave = _resample_blocks(counted(), info.sample_rate)
+    resampled = _resampled(counted(), info.sample_rate)
+    kept: list[np.ndarray] = []
+    held = 0
+    for block in resampled:
+        kept.append(block)
+        held += block.shape[0]
+        if max_whole is not None and held > max_whole:
+            rest = _drained(kept, resampled)
+            long = _measured(p, channel, rest, info.samples_16k, normalize_input, min_samples)
+            return long, AudioInfo(info.sample_rate, info.channels, frames)
     if frames == 0:
         raise AudioError("zero-length audio")
     read = AudioInfo(info.sample_rate, info.channels, frames)
-    return _finish(wave, normalize_input, min_samples), read
+    return _finish(_joined(kept), normalize_input, min_samples), read
+
+
+def _drained(kept: list[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """``kept`` then ``rest``, each kept block let go once it is passed on."""
+    while kept:
+        yield kept.pop(0)
+    yield from rest
 
 
 _KINDS = (

@@ -5,6 +5,9 @@ decodes them ahead on a thread pool, runs each batch through the model and
 pools it (:mod:`w2v.pipeline.pooling`). A batch that fails is retried item by
 item, so a failure costs only the item it belongs to; an input longer than the
 chunking policy allows runs alone in windows with context (:mod:`w2v.longform`).
+A file that long is never held whole: read-ahead only measures it (length, checks,
+normalisation statistics: :class:`~w2v.pipeline.audio.LongAudio`), and its windows
+are decoded again as the model reaches them, so memory follows the window, not the file.
 Per item it yields a result or the exception that item met, never raising for
 one input.
 """
@@ -22,8 +25,8 @@ import torch
 
 from w2v import allocator
 from w2v.config import SAMPLE_RATE
-from w2v.errors import UsageError, one_line
-from w2v.longform import ChunkPolicy, iter_chunks
+from w2v.errors import AudioError, UsageError, one_line
+from w2v.longform import ChunkPolicy, iter_chunks, iter_chunks_stream
 from w2v.pipeline import audio
 from w2v.pipeline.audio import AudioInfo
 from w2v.pipeline.batching import (
@@ -113,23 +116,46 @@ def run_batch(
 
 def run_long(
     model: torch.nn.Module,
-    wave: np.ndarray,
+    wave: np.ndarray | audio.LongAudio,
     layers: list[int],
     pool: str,
     chunk_seconds: float,
     context_seconds: float,
+    clock: Clock | None = None,
 ) -> Result:
-    """One long input ``(samples,)`` in windows with context (:mod:`w2v.longform`), pooled
-    as it streams."""
+    """One long input in windows with context (:mod:`w2v.longform`), pooled as it streams.
+
+    ``wave``: the samples ``(samples,)``, or a :class:`~w2v.pipeline.audio.LongAudio`
+    decoded block by block as the windows need it (the same result). ``clock``
+    (optional) gets the time spent waiting for those blocks.
+    """
     device, dtype = placement(model)
-    x = torch.from_numpy(wave).to(device=device, dtype=dtype)
     acc = RunningPool(pool)
+    kw = dict(chunk_seconds=chunk_seconds, context_seconds=context_seconds)
     with torch.inference_mode():
-        for _, states in iter_chunks(
-            model, x, layers, chunk_seconds=chunk_seconds, context_seconds=context_seconds
-        ):
+        if isinstance(wave, audio.LongAudio):
+            blocks = (
+                torch.from_numpy(b).to(device=device, dtype=dtype)
+                for b in _timed(wave.blocks(), clock or Clock())
+            )
+            windows = iter_chunks_stream(model, blocks, wave.samples, layers, **kw)
+        else:
+            x = torch.from_numpy(wave).to(device=device, dtype=dtype)
+            windows = iter_chunks(model, x, layers, **kw)
+        for _, states in windows:
             acc.update(states)
     return Result(acc.result(), acc.frames, (chunk_seconds, context_seconds))
+
+
+def _timed(blocks: Iterator[np.ndarray], clock: Clock) -> Iterator[np.ndarray]:
+    """``blocks``, adding the time spent producing each to ``clock.waiting``."""
+    while True:
+        start = time.perf_counter()
+        block = next(blocks, None)
+        clock.waiting += time.perf_counter() - start
+        if block is None:
+            return
+        yield block
 
 
 def run_items(
@@ -197,12 +223,17 @@ def stream(
     clock = clock or Clock()
     normalize_input = bool(getattr(model, "normalize", False))
     min_samples = int(model.config.receptive_field)
+    max_whole = chunking.whole_limit()
 
-    def load(i: int) -> tuple[np.ndarray, AudioInfo]:
+    def load(i: int) -> tuple[np.ndarray | audio.LongAudio, AudioInfo]:
         s = sources[i]
         if s.path is not None:
             return audio.load(
-                s.path, channel=channel, normalize_input=normalize_input, min_samples=min_samples
+                s.path,
+                channel=channel,
+                normalize_input=normalize_input,
+                min_samples=min_samples,
+                max_whole=max_whole,
             )
         wave = audio.prepare(
             s.wave, s.rate, normalize_input=normalize_input, min_samples=min_samples
@@ -223,23 +254,30 @@ def stream(
                 if isinstance(r, Exception):
                     yield i, r, None
                     continue
-                chunk = chunking.chunk_for(r[0].shape[0])
-                if chunk is None:
+                wave, info = r
+                long = isinstance(wave, audio.LongAudio)
+                samples = wave.samples if long else wave.shape[0]
+                chunk = chunking.chunk_for(samples)
+                if chunk is None:  # never for a LongAudio: it is longer than chunking allows
                     good.append((i, r))
                     continue
                 what = sources[i].path if sources[i].path is not None else f"input {i}"
                 notice(
-                    f"{what}: {r[0].shape[0] / SAMPLE_RATE:.1f} s long; extracting in {chunk:g} s "
+                    f"{what}: {samples / SAMPLE_RATE:.1f} s long; extracting in {chunk:g} s "
                     f"windows with {chunking.context_seconds:g} s context each side"
                 )
-                start = time.perf_counter()
+                start, waited = time.perf_counter(), clock.waiting
                 try:
-                    res = run_long(model, r[0], layers, pool, chunk, chunking.context_seconds)
+                    res = run_long(
+                        model, wave, layers, pool, chunk, chunking.context_seconds, clock
+                    )
+                except AudioError as e:  # the file changed or went bad since it was measured
+                    res = e
                 except Exception as e:  # noqa: BLE001 - reported per item
                     _free_memory()
                     res = _model_error(e)
-                clock.model += time.perf_counter() - start
-                yield i, res, r[1]
+                clock.model += time.perf_counter() - start - (clock.waiting - waited)
+                yield i, res, info
             start = time.perf_counter()
             results = run_items(model, [wave for _, (wave, _) in good], layers, pool)
             clock.model += time.perf_counter() - start
