@@ -15,8 +15,8 @@ from tests.pipeline.cli_runs import run_cli
 from w2v.config import CheckpointInfo, Config
 from w2v.errors import AudioError
 from w2v.longform import ChunkPolicy, iter_chunks
-from w2v.pipeline import Progress, audio, embed_files
-from w2v.pipeline.audio import LongAudio, StreamingSum
+from w2v.pipeline import Progress, audio, embed_files, long_audio
+from w2v.pipeline.long_audio import LongAudio, StreamingSum
 from w2v.pipeline.outputs import read_manifest
 from w2v.pipeline.pooling import RunningPool
 
@@ -67,7 +67,7 @@ def _whole_array_result(model, wave: np.ndarray, layers, chunk: float, context: 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 129, 1000, 4097, 100_003])
 def test_streaming_sum_is_numpys_sum_to_the_bit(n, monkeypatch):
-    monkeypatch.setattr(audio, "SUM_SPAN", 256)  # many parts above the span, even for small n
+    monkeypatch.setattr(long_audio, "SUM_SPAN", 256)  # many parts above the span, even for small n
     rng = np.random.default_rng(n)
     values = (rng.standard_normal(n) * 1e3 + 7).astype(np.float32).astype(np.float64)
     total, i = StreamingSum(n), 0
@@ -85,15 +85,15 @@ def test_streaming_sum_is_numpys_sum_to_the_bit(n, monkeypatch):
 def test_long_audio_blocks_equal_the_whole_normalised_array(tmp_path, rate, channels):
     path = _write(tmp_path / "a.flac", 7.3, rate, channels)
     whole, info = audio.load(path, normalize_input=True)
-    long, long_info = audio.load(path, normalize_input=True, max_whole=SR * 2)
+    long, long_info = long_audio.load(path, normalize_input=True, max_whole=SR * 2)
     assert isinstance(long, LongAudio) and long.samples == whole.shape[0]
     assert long_info == info
     np.testing.assert_array_equal(np.concatenate(list(long.blocks())), whole)
-    plain, _ = audio.load(path, max_whole=SR * 2)
+    plain, _ = long_audio.load(path, max_whole=SR * 2)
     assert plain.mean is None
     raw, _ = audio.load(path)
     np.testing.assert_array_equal(np.concatenate(list(plain.blocks())), raw)
-    short, _ = audio.load(path, normalize_input=True, max_whole=SR * 8)  # under the limit
+    short, _ = long_audio.load(path, normalize_input=True, max_whole=SR * 8)  # under the limit
     np.testing.assert_array_equal(short, whole)
 
 
@@ -101,19 +101,19 @@ def test_a_header_that_misstates_the_length_costs_a_pass_not_exactness(tmp_path,
     path = _write(tmp_path / "a.wav", 5.0)
     whole, _ = audio.load(path, normalize_input=True)
     passes = []
-    real = audio._read_again
-    monkeypatch.setattr(audio, "_read_again", lambda *a: passes.append(a) or real(*a))
-    long, _ = audio.load(path, normalize_input=True, max_whole=SR)
+    real = long_audio._read_again
+    monkeypatch.setattr(long_audio, "_read_again", lambda *a: passes.append(a) or real(*a))
+    long, _ = long_audio.load(path, normalize_input=True, max_whole=SR)
     assert len(passes) == 1  # the variance; the mean came with the first pass
     monkeypatch.setattr(audio, "_checked_info", lambda r, c, f: audio.AudioInfo(r, c, f - 1))
-    long, _ = audio.load(path, normalize_input=True, max_whole=SR)
+    long, _ = long_audio.load(path, normalize_input=True, max_whole=SR)
     assert len(passes) == 3  # the mean again, now that the length is known
     np.testing.assert_array_equal(np.concatenate(list(long.blocks())), whole)
 
 
 def test_a_file_that_changed_since_it_was_measured_is_an_error(tmp_path):
     path = _write(tmp_path / "a.wav", 3.0)
-    long, _ = audio.load(path, max_whole=SR)
+    long, _ = long_audio.load(path, max_whole=SR)
     for samples in (long.samples - 1, long.samples + 1):
         with pytest.raises(AudioError, match="changed while it was read"):
             list(LongAudio(path, None, samples).blocks())

@@ -10,7 +10,7 @@ in order, for one input:
    :data:`MAX_SAMPLE_RATE`, and a file is decoded block by block, so neither
    the file's own multichannel audio nor a length its header claims is ever
    held whole: memory follows the 16 kHz mono result, and for a file longer
-   than the caller's ``max_whole`` not even that (see *Long files* below);
+   than the caller's ``max_whole`` not even that (see :mod:`w2v.pipeline.long_audio`);
 2. multichannel audio is averaged to mono, or one channel is picked
    (``channel=N``, 0-based; ``--channel N`` on the command line; mono files
    are used as they are, a file with fewer than N + 1 channels is an error);
@@ -24,14 +24,9 @@ in order, for one input:
    utterance over its own samples, before any padding:
    ``(x - mean) / sqrt(var + 1e-7)`` with the population variance.
 
-Long files: :func:`load` given ``max_whole`` (the longest input computed whole; the
-windowed inputs of :mod:`w2v.longform` are longer) keeps decoded samples only up to
-that length. Past it, the rest of that first pass only counts the samples and, for
-``normalize_input``, sums them, and :func:`load` returns a :class:`LongAudio` in place
-of the waveform; its :meth:`~LongAudio.blocks` decodes the file again, block by block,
-normalised, for the windows. Memory is then a block or two, whatever the file's length.
-The statistics are numpy's own to the last bit (:class:`StreamingSum`), so the
-normalised samples equal those of :func:`normalize` on the whole array.
+Long files: :func:`load` given ``max_whole`` stops once it has decoded more than that
+many samples at 16 kHz and hands back the pass in progress (:class:`Overlong`);
+:mod:`w2v.pipeline.long_audio` finishes it without ever holding the file whole.
 
 Problems with one input raise :class:`AudioError` whose message is one line.
 File names are given to libsndfile as bytes, so a name that is not valid
@@ -67,9 +62,6 @@ the header before decoding and against the samples while decoding, as headers ca
 
 DECODE_BLOCK = 1 << 16
 """Frames decoded (and resampled) at a time."""
-
-SUM_SPAN = 1 << 18
-"""Values (float64, 2 MB) a :class:`StreamingSum` holds before summing them."""
 
 NORM_EPS = 1e-7
 """Variance epsilon of the per-utterance normalisation (as in HF's feature extractor)."""
@@ -245,6 +237,37 @@ def _resampled(blocks: Iterator[np.ndarray], rate: int) -> Iterator[np.ndarray]:
         yield out
 
 
+class Decoding:
+    """One pass over a file: its header (checked, as :func:`probe` checks it), its mono
+    float32 blocks at 16 kHz (``blocks``, an iterator: decoding goes as far as it is read),
+    and the frames decoded so far at the file's own rate."""
+
+    def __init__(self, path: Path, channel: int | None) -> None:
+        self.path, self.channel = path, channel
+        self.header, decoded = _decode_blocks(path, channel)
+        self.frames = 0
+        self.blocks = _resampled(self._counted(decoded), self.header.sample_rate)
+
+    def _counted(self, decoded: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in decoded:
+            self.frames += block.shape[0]
+            yield block
+
+    def read(self) -> AudioInfo:
+        """The :class:`AudioInfo` of what this pass has decoded so far."""
+        return AudioInfo(self.header.sample_rate, self.header.channels, self.frames)
+
+
+@dataclass
+class Overlong:
+    """What :func:`load` gives in place of the samples past ``max_whole``: its pass, stopped
+    there, for :func:`w2v.pipeline.long_audio.load` to finish."""
+
+    decoding: Decoding
+    kept: list[np.ndarray]
+    """The 16 kHz blocks decoded so far; the rest are still to come from ``decoding.blocks``."""
+
+
 def _joined(blocks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
@@ -254,153 +277,13 @@ def normalize(wave: np.ndarray) -> np.ndarray:
     w = wave.astype(np.float64)
     mean = w.mean()
     var = w.var()  # population variance, as HF's feature extractor
-    return _normalized(w, mean, var)
+    return normalize_with(w, mean, var)
 
 
-def _normalized(w: np.ndarray, mean: np.float64, var: np.float64) -> np.ndarray:
+def normalize_with(w: np.ndarray, mean: np.float64, var: np.float64) -> np.ndarray:
     """float64 samples → float32 ``(w - mean) / sqrt(var + eps)``: elementwise, so a block
     gives the same samples as its stretch of the whole array."""
     return ((w - mean) / np.sqrt(var + NORM_EPS)).astype(np.float32)
-
-
-class StreamingSum:
-    """numpy's float64 ``sum`` of ``n`` values fed in consecutive pieces, to the last bit.
-
-    numpy sums a contiguous array pairwise: it splits it in two at half its length
-    (rounded down to a multiple of 8) and sums each half the same way, down to
-    stretches of 128. So every part of that split sums exactly as numpy sums that
-    slice alone: the parts of at most :data:`SUM_SPAN` values are summed by numpy as
-    they fill, and the few above them are added in numpy's order at the end. The
-    split depends on ``n``, so it is known in advance; :meth:`result` is None when the
-    values fed do not number ``n``.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.n, self.fed = n, 0
-        self._tree = self._split(n)
-        self._spans = iter(self._leaves(self._tree))
-        self._next = next(self._spans, 0)
-        self._held: list[np.ndarray] = []
-        self._held_len = 0
-        self._sums: list[np.float64] = []
-
-    @classmethod
-    def _split(cls, n: int) -> int | tuple:
-        if n <= SUM_SPAN:
-            return n
-        half = n // 2
-        half -= half % 8
-        return (cls._split(half), cls._split(n - half))
-
-    @classmethod
-    def _leaves(cls, tree: int | tuple) -> Iterator[int]:
-        if isinstance(tree, int):
-            yield tree
-        else:
-            for part in tree:
-                yield from cls._leaves(part)
-
-    def add(self, values: np.ndarray) -> None:
-        """Feed the next ``(k,)`` float64 values."""
-        self.fed += values.shape[0]
-        if self.fed > self.n:
-            self._held = []  # the result is None anyway
-            return
-        self._held.append(values)
-        self._held_len += values.shape[0]
-        while self._next and self._held_len >= self._next:
-            held = np.concatenate(self._held)
-            self._sums.append(np.add.reduce(held[: self._next]))
-            rest = held[self._next :]
-            self._held, self._held_len = [rest], rest.shape[0]
-            self._next = next(self._spans, 0)
-
-    def result(self) -> np.float64 | None:
-        """The sum, or None when other than ``n`` values were fed."""
-        if self.fed != self.n:
-            return None
-        sums = iter(self._sums or [np.float64(0.0)])
-
-        def combine(tree: int | tuple) -> np.float64:
-            if isinstance(tree, int):
-                return next(sums)
-            left = combine(tree[0])
-            return left + combine(tree[1])
-
-        return combine(self._tree)
-
-
-@dataclass(frozen=True)
-class LongAudio:
-    """A file longer than the caller holds whole (see :func:`load`): what the first pass over
-    it found, and :meth:`blocks` to read it again."""
-
-    path: Path
-    channel: int | None
-    samples: int
-    """Length at 16 kHz."""
-    mean: np.float64 | None = None
-    """Per-utterance mean and variance (float64, as :func:`normalize` computes them);
-    None: not normalised."""
-    var: np.float64 | None = None
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        """The file again as consecutive float32 ``(k,)`` blocks at 16 kHz, normalised when
-        the statistics are set. AudioError when the file no longer has ``samples`` samples."""
-        for block in _read_again(self.path, self.channel, self.samples):
-            if self.mean is not None:
-                block = _normalized(block.astype(np.float64), self.mean, self.var)
-            yield block
-
-
-def _read_again(path: Path, channel: int | None, samples: int) -> Iterator[np.ndarray]:
-    """The blocks at 16 kHz of a file read before, whose first pass gave ``samples``; AudioError
-    when this pass gives another number (the file was changed in between)."""
-    info, decoded = _decode_blocks(path, channel)
-    n = 0
-    for block in _resampled(decoded, info.sample_rate):
-        n += block.shape[0]
-        if n > samples:
-            break
-        yield block
-    if n != samples:
-        raise AudioError(f"the file changed while it was read (it had {samples} samples at 16 kHz)")
-
-
-def _measured(
-    path: Path,
-    channel: int | None,
-    blocks: Iterator[np.ndarray],
-    expected: int,
-    normalize_input: bool,
-    min_samples: int,
-) -> LongAudio:
-    """The rest of a first pass (``blocks``, at 16 kHz) → a :class:`LongAudio`. The sum for the
-    mean is taken on the way, split for the ``expected`` length (the header's); only when
-    that was wrong is the file read again for it. The variance needs the mean: one more pass."""
-    total = StreamingSum(expected) if normalize_input else None
-    n = 0
-    for block in blocks:
-        n += block.shape[0]
-        if total is not None:
-            total.add(block.astype(np.float64))
-    _check_length(n, min_samples)
-    if total is None:
-        return LongAudio(path, channel, n)
-    s = total.result()
-    if s is None:
-        s = _sum_of(_read_again(path, channel, n), n, lambda w: w)
-    mean = np.float64(s / n)  # as numpy's mean and var divide
-    var = np.float64(_sum_of(_read_again(path, channel, n), n, lambda w: np.square(w - mean)) / n)
-    return LongAudio(path, channel, n, mean, var)
-
-
-def _sum_of(blocks: Iterator[np.ndarray], n: int, f) -> np.float64:
-    """numpy's sum of ``f(w)`` over all ``n`` samples, ``w`` each block as float64."""
-    total = StreamingSum(n)
-    for block in blocks:
-        total.add(f(block.astype(np.float64)))
-    return total.result()
 
 
 def prepare(
@@ -432,7 +315,8 @@ def _check_finite(wave: np.ndarray) -> None:
         raise AudioError(f"audio holds {bad} NaN or Inf sample(s)")
 
 
-def _check_length(samples: int, min_samples: int) -> None:
+def check_length(samples: int, min_samples: int) -> None:
+    """AudioError when ``samples`` at 16 kHz are fewer than the model's ``min_samples``."""
     if samples < min_samples:
         raise AudioError(
             f"audio too short: {samples} samples at 16 kHz "
@@ -443,7 +327,7 @@ def _check_length(samples: int, min_samples: int) -> None:
 
 def _finish(wave: np.ndarray, normalize_input: bool, min_samples: int) -> np.ndarray:
     """The checks and normalisation after resampling (steps 5 and 6)."""
-    _check_length(wave.shape[0], min_samples)
+    check_length(wave.shape[0], min_samples)
     if normalize_input:
         wave = normalize(wave)
     return np.ascontiguousarray(wave, dtype=np.float32)
@@ -456,46 +340,27 @@ def load(
     normalize_input: bool = False,
     min_samples: int = 0,
     max_whole: int | None = None,
-) -> tuple[np.ndarray | LongAudio, AudioInfo]:
+) -> tuple[np.ndarray | Overlong, AudioInfo]:
     """Decode, mix down, resample, check and (optionally) normalise one file (see
     :func:`prepare` for ``min_samples``).
 
     Returns ``(samples,)`` float32 at 16 kHz and the file's :class:`AudioInfo` (of what
-    was read). A file longer than ``max_whole`` samples at 16 kHz gives a
-    :class:`LongAudio` in place of the samples (see *Long files* above); None: any
+    was read). Past ``max_whole`` samples at 16 kHz it stops and gives an
+    :class:`Overlong` in place of the samples, and the AudioInfo of what was read so far
+    (see *Long files* above; :func:`w2v.pipeline.long_audio.load` finishes it); None: any
     length is returned whole.
     """
-    p = Path(path)
-    info, blocks = _decode_blocks(p, channel)
-    frames = 0
-
-    def counted() -> Iterator[np.ndarray]:
-        nonlocal frames
-        for block in blocks:
-            frames += block.shape[0]
-            yield block
-
-    resampled = _resampled(counted(), info.sample_rate)
+    first = Decoding(Path(path), channel)
     kept: list[np.ndarray] = []
     held = 0
-    for block in resampled:
+    for block in first.blocks:
         kept.append(block)
         held += block.shape[0]
         if max_whole is not None and held > max_whole:
-            rest = _drained(kept, resampled)
-            long = _measured(p, channel, rest, info.samples_16k, normalize_input, min_samples)
-            return long, AudioInfo(info.sample_rate, info.channels, frames)
-    if frames == 0:
+            return Overlong(first, kept), first.read()
+    if first.frames == 0:
         raise AudioError("zero-length audio")
-    read = AudioInfo(info.sample_rate, info.channels, frames)
-    return _finish(_joined(kept), normalize_input, min_samples), read
-
-
-def _drained(kept: list[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """``kept`` then ``rest``, each kept block let go once it is passed on."""
-    while kept:
-        yield kept.pop(0)
-    yield from rest
+    return _finish(_joined(kept), normalize_input, min_samples), first.read()
 
 
 _KINDS = (

@@ -6,7 +6,7 @@ pools it (:mod:`w2v.pipeline.pooling`). A batch that fails is retried item by
 item, so a failure costs only the item it belongs to; an input longer than the
 chunking policy allows runs alone in windows with context (:mod:`w2v.longform`).
 A file that long is never held whole: read-ahead only measures it (length, checks,
-normalisation statistics: :class:`~w2v.pipeline.audio.LongAudio`), and its windows
+normalisation statistics: :class:`~w2v.pipeline.long_audio.LongAudio`), and its windows
 are decoded again as the model reaches them, so memory follows the window, not the file.
 Per item it yields a result or the exception that item met, never raising for
 one input.
@@ -27,7 +27,7 @@ from w2v import allocator
 from w2v.config import SAMPLE_RATE
 from w2v.errors import AudioError, UsageError, one_line
 from w2v.longform import ChunkPolicy, iter_chunks, iter_chunks_stream
-from w2v.pipeline import audio
+from w2v.pipeline import audio, long_audio
 from w2v.pipeline.audio import AudioInfo
 from w2v.pipeline.batching import (
     default_batch_seconds,
@@ -116,7 +116,7 @@ def run_batch(
 
 def run_long(
     model: torch.nn.Module,
-    wave: np.ndarray | audio.LongAudio,
+    wave: np.ndarray | long_audio.LongAudio,
     layers: list[int],
     pool: str,
     chunk_seconds: float,
@@ -125,7 +125,7 @@ def run_long(
 ) -> Result:
     """One long input in windows with context (:mod:`w2v.longform`), pooled as it streams.
 
-    ``wave``: the samples ``(samples,)``, or a :class:`~w2v.pipeline.audio.LongAudio`
+    ``wave``: the samples ``(samples,)``, or a :class:`~w2v.pipeline.long_audio.LongAudio`
     decoded block by block as the windows need it (the same result). ``clock``
     (optional) gets the time spent waiting for those blocks.
     """
@@ -133,7 +133,7 @@ def run_long(
     acc = RunningPool(pool)
     kw = dict(chunk_seconds=chunk_seconds, context_seconds=context_seconds)
     with torch.inference_mode():
-        if isinstance(wave, audio.LongAudio):
+        if isinstance(wave, long_audio.LongAudio):
             blocks = (
                 torch.from_numpy(b).to(device=device, dtype=dtype)
                 for b in _timed(wave.blocks(), clock or Clock())
@@ -225,10 +225,10 @@ def stream(
     min_samples = int(model.config.receptive_field)
     max_whole = chunking.whole_limit()
 
-    def load(i: int) -> tuple[np.ndarray | audio.LongAudio, AudioInfo]:
+    def load(i: int) -> tuple[np.ndarray | long_audio.LongAudio, AudioInfo]:
         s = sources[i]
         if s.path is not None:
-            return audio.load(
+            return long_audio.load(
                 s.path,
                 channel=channel,
                 normalize_input=normalize_input,
@@ -255,7 +255,7 @@ def stream(
                     yield i, r, None
                     continue
                 wave, info = r
-                long = isinstance(wave, audio.LongAudio)
+                long = isinstance(wave, long_audio.LongAudio)
                 samples = wave.samples if long else wave.shape[0]
                 chunk = chunking.chunk_for(samples)
                 if chunk is None:  # never for a LongAudio: it is longer than chunking allows
