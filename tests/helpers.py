@@ -17,6 +17,20 @@ FIXTURES = REPO / "tests" / "fixtures"
 HF_FIXTURES = FIXTURES / "hf"
 FAIRSEQ_FIXTURES = FIXTURES / "fairseq"
 
+# Source for a child process: ``peak_rss_kb()``, the child's own peak resident memory in
+# KiB. On Linux that is VmHWM: a child's ru_maxrss also counts its parent's memory at the
+# fork (it survives exec), so after a test that used much memory every child would seem
+# to use as much.
+PEAK_RSS_CODE = """
+def peak_rss_kb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+
 FAMILIES = ("wav2vec2", "hubert", "data2vec-audio", "wavlm")
 HF_PREFIX = {
     "wav2vec2": "Wav2Vec2",

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 import w2v
-from tests.helpers import REPO, TINY_W2V
+from tests.helpers import PEAK_RSS_CODE, REPO, TINY_W2V
 from w2v.cli import main as cli_main
 from w2v.config import Config, num_frames
 from w2v.longform import (
@@ -235,15 +235,18 @@ def test_embed_files_chunk_options_validated(tmp_path):
 
 # Peak memory of the README's example on 60 s of audio, wav2vec2-base (random init): with a
 # graph kept per window it is about 4.5 GB, without one well under 1 GB (weights 0.4 GB).
-_README_EXAMPLE = """
-import resource, torch, w2v
+_README_EXAMPLE = (
+    PEAK_RSS_CODE
+    + """
+import torch, w2v
 torch.set_num_threads(2)
 model = w2v.from_config("wav2vec2-base")
 long_wave_1d = 0.1 * torch.randn(60 * 16000)
 (s,) = w2v.hidden_states_long(model, long_wave_1d, layers=[12], chunk_seconds=30, context_seconds=5)
 assert s.shape == (2999, 768) and not s.requires_grad, (s.shape, s.requires_grad)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(peak_rss_kb() // 1024)
 """
+)
 
 
 def test_long_extraction_builds_no_graph_and_leaves_grad_mode_alone():

@@ -4,7 +4,7 @@ hang, or eat memory.
 Every file is generated here from pickle opcodes (nothing runnable is committed).
 Loads run in a child process so that a segfault or a runaway allocation fails the
 test instead of killing pytest; the child reports, per file, the error and the time,
-and its peak memory is read with ``os.wait4``. An address-space limit keeps a
+and its own peak memory (``tests.helpers.PEAK_RSS_CODE``). An address-space limit keeps a
 regression from taking the machine down with it.
 """
 
@@ -27,7 +27,7 @@ from w2v.convert import checkpoint
 from w2v.convert.safe_pickle import to_plain
 from w2v.convert.safe_pickle.torch_file import read_torch_file
 
-from tests.helpers import FAIRSEQ_FIXTURES, HF_FIXTURES, REPO
+from tests.helpers import FAIRSEQ_FIXTURES, HF_FIXTURES, PEAK_RSS_CODE, REPO
 from w2v.errors import CheckpointError, shown
 
 MAX_RSS_MB = 600  # the child's peak; importing torch and w2v alone takes about 250 MB
@@ -52,18 +52,33 @@ for path in sys.argv[1:]:
 """
 
 
+# Runs "-c CODE args" or "-m MODULE args" and reports the child's own peak memory last.
+_WRAPPER = (
+    PEAK_RSS_CODE
+    + """
+import atexit, runpy, sys
+atexit.register(lambda: print(f"PEAK_KB {peak_rss_kb()}", file=sys.stderr, flush=True))
+kind, target, *rest = sys.argv[1:]
+if kind == "-m":
+    sys.argv = [target, *rest]
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest]
+    exec(compile(target, "<child>", "exec"), {"__name__": "__main__"})
+"""
+)
+
+
 def _run(args: list[str], tmp_path: Path) -> tuple[int, str, str, float]:
-    """Run ``python args`` → (exit status, stdout, stderr, peak RSS in MB)."""
-    out, err = tmp_path / "child.out", tmp_path / "child.err"
+    """Run ``python args`` → (exit status, stdout, stderr, the child's peak RSS in MB)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen([sys.executable, *args], stdout=o, stderr=e, cwd=REPO, env=env)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            proc.returncode = 0  # reaped by wait4
-    code = os.waitstatus_to_exitcode(status)
-    return code, out.read_text(), err.read_text(), usage.ru_maxrss / 1024
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *args], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    lines = proc.stderr.splitlines()
+    peak = [float(x.split()[1]) / 1024 for x in lines if x.startswith("PEAK_KB ")]
+    err = "\n".join(x for x in lines if not x.startswith("PEAK_KB "))
+    return proc.returncode, proc.stdout, err, peak[-1] if peak else float("inf")
 
 
 def load_all(paths: list[Path], tmp_path: Path) -> dict[str, dict]:

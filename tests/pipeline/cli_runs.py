@@ -16,26 +16,18 @@ import torch
 from w2v.convert.checkpoint import Checkpoint, save
 
 import w2v
-from tests.helpers import REPO, TINY_W2V
+from tests.helpers import PEAK_RSS_CODE, REPO, TINY_W2V
 from w2v.config import Config
 from w2v.pipeline.outputs import MANIFEST
 
-# Runs main() and reports the process's peak resident memory on the last stderr line. On
-# Linux that is VmHWM: ru_maxrss of a child counts the parent's peak too (it survives exec),
-# so after a test that used much memory every child would seem to use as much.
-_WRAPPER = (
-    "import resource, sys\n"
+# Runs main() and reports the process's own peak resident memory on the last stderr line.
+_WRAPPER = PEAK_RSS_CODE + (
+    "import sys\n"
     "from w2v.cli import main\n"
     "try:\n"
     "    code = main(sys.argv[1:])\n"
     "finally:\n"
-    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-    "    try:\n"
-    "        with open('/proc/self/status') as f:\n"
-    "            peak = next(int(x.split()[1]) for x in f if x.startswith('VmHWM:'))\n"
-    "    except (OSError, StopIteration):\n"
-    "        pass\n"
-    "    print(f'MAXRSS_KB {peak}', file=sys.stderr)\n"
+    "    print(f'MAXRSS_KB {peak_rss_kb()}', file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 
