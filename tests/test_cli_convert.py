@@ -125,3 +125,12 @@ def test_the_rule_is_a_library_function(tmp_path, hf_src):
         check_convert_destination(hf_src, Path(HF_SOURCE).parent)
     ckpt = convert(hf_src, tmp_path / "out")
     assert ckpt.notices and is_w2v_dir(tmp_path / "out")
+
+
+def test_the_result_line_escapes_the_destination(tmp_path, capsys):
+    src = tiny_checkpoint(tmp_path / "src")
+    dst = tmp_path / "out\x1b[2J\nwrote"
+    code, lines = _run([src, dst], capsys)
+    assert code == 0 and is_w2v_dir(dst)
+    [line] = lines
+    assert "\x1b" not in line and line.startswith("wrote ") and "out\\x1b[2J\\nwrote" in line

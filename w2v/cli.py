@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 
 from w2v.allocator import MODES, tune_allocator
-from w2v.errors import CheckpointError, UsageError, one_line
+from w2v.errors import CheckpointError, UsageError, escaped, one_line, shown
 from w2v.loading import DTYPES, convert
 from w2v.longform import AUTO_CHUNK_SECONDS, DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
 from w2v.pipeline import embed_files, parse_layers
@@ -20,6 +21,7 @@ from w2v.pipeline.batching import (
     GPU_BATCH_SECONDS,
     GPU_MAX_WORKERS,
 )
+from w2v.pipeline.options import MAX_WORKERS
 from w2v.pipeline.outputs import FORMATS, MANIFEST
 from w2v.pipeline.pooling import POOLS
 
@@ -37,21 +39,37 @@ def _warnings_as_lines(show: Callable[[str], None]) -> Iterator[None]:
         yield
 
 
+def _error(prog: str, e: Exception) -> None:
+    """Print ``prog: error: MESSAGE`` with each line of the message escaped (a message
+    that lists colliding inputs has one line per name; nothing else breaks a line)."""
+    text = "\n".join(escaped(line) for line in str(e).split("\n"))
+    print(f"{prog}: error: {text}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the arguments it quotes in errors ("unrecognized arguments: ...")
+    escaped as every w2v message is."""
+
+    def error(self, message: str):
+        super().error(escaped(message))
+
+
 def _convert(args: argparse.Namespace) -> int:
     def notice(text: str) -> None:
-        if not args.quiet:
-            print(f"w2v convert: {text}", file=sys.stderr)
+        if not args.quiet:  # escaped again: a notice may quote a path or key as given
+            print(f"w2v convert: {escaped(text)}", file=sys.stderr)
 
     try:
         with _warnings_as_lines(notice):
             ckpt = convert(args.src, args.dst, overwrite=args.overwrite, strict=args.strict)
     except (UsageError, CheckpointError) as e:
-        print(f"w2v convert: error: {e}", file=sys.stderr)
+        _error("w2v convert", e)
         return 2
     for text in ckpt.notices:
         notice(text)
     print(
-        f"wrote {args.dst} ({ckpt.info.family}, {ckpt.config.num_layers} layers)", file=sys.stderr
+        f"wrote {shown(args.dst)} ({ckpt.info.family}, {ckpt.config.num_layers} layers)",
+        file=sys.stderr,
     )
     return 0
 
@@ -94,6 +112,7 @@ class _Bar:
         return f"w2v embed {self.done}/{self.files} files"
 
     def _line(self, line: str) -> None:
+        line = escaped(line)  # a path in a notice or error is the file system's, as is
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
@@ -133,8 +152,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
     return value
 
 
@@ -145,6 +164,23 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r:.40}") from None
+    return value
+
+
+def _workers(text: str) -> int:
+    value = _count(text)
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {MAX_WORKERS} (0: the default), got {value}"
+        )
     return value
 
 
@@ -180,17 +216,17 @@ def _embed(args: argparse.Namespace) -> int:
                 strict=args.strict,
             )
     except UsageError as e:
-        print(f"w2v embed: error: {e}", file=sys.stderr)
+        _error("w2v embed", e)
         return 2
     line = f"w2v embed: {summary.line()}"
     if summary.failed:
-        line += f" (reasons in {summary.out_dir / MANIFEST})"
+        line += f" (reasons in {shown(str(summary.out_dir / MANIFEST))})"
     print(line, file=sys.stderr)
     return summary.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="w2v", description="wav2vec 2.0 family encoders: convert checkpoints, embed audio."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,17 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument(
         "--channel",
-        type=int,
+        type=_count,
         default=None,
         metavar="N",
         help="use channel N (0-based) of multichannel files instead of the mean of all channels",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=None,
-        help=f"audio decoding threads (default: 1 per {CPU_CORES_PER_WORKER} CPU cores with the "
-        f"model on the CPU, up to {GPU_MAX_WORKERS} on a GPU)",
+        help=f"audio decoding threads, at most {MAX_WORKERS} (default: 1 per "
+        f"{CPU_CORES_PER_WORKER} CPU cores with the model on the CPU, up to {GPU_MAX_WORKERS} "
+        "on a GPU)",
     )
     p.add_argument(
         "--chunk-seconds",

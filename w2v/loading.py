@@ -208,7 +208,8 @@ def default_device() -> str:
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device; :class:`UsageError` when it is malformed or absent."""
+    """``device`` as a torch.device; :class:`UsageError` when it is malformed, absent, or of
+    a kind this torch cannot allocate on."""
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -217,6 +218,10 @@ def check_device(device: str | torch.device) -> torch.device:
         raise UsageError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"device {str(device)!r} asked for, but MPS is not available")
+    try:  # any other kind torch names but is not built for (xla, hpu, ...), a bad index
+        torch.empty(0, device=dev)
+    except Exception as e:  # noqa: BLE001 - each backend fails in its own way
+        raise UsageError(f"device {str(device)!r} cannot be used: {one_line(e, 300)}") from None
     return dev
 
 
@@ -233,8 +238,13 @@ def load_model(
     ``compile`` applies :meth:`w2v.nn.model.Model.compile`.
 
     Raises :class:`UsageError` for an unknown dtype, a device that is malformed or
-    absent, or a model path or hub id that cannot be loaded.
+    absent, or a model path or hub id that cannot be loaded; TypeError for a ``model``
+    that is neither a module nor a path.
     """
+    if not isinstance(model, torch.nn.Module | str | os.PathLike):
+        raise TypeError(
+            f"model must be a w2v model, a checkpoint path or a hub id, got {type(model).__name__}"
+        )
     if isinstance(dtype, str):
         try:
             dtype = parse_dtype(dtype)

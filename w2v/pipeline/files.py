@@ -17,15 +17,16 @@ from typing import Any
 import torch
 
 from w2v.atomic import remove_stale_temporaries
-from w2v.errors import AudioError, UsageError, one_line
-from w2v.loading import load_model
-from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy
+from w2v.errors import AudioError, UsageError, escaped, one_line, shown
+from w2v.loading import check_device, load_model
+from w2v.longform import DEFAULT_CONTEXT_SECONDS
 from w2v.pipeline import audio
 from w2v.pipeline.audio import AudioInfo
 from w2v.pipeline.batching import PROBE_WORKERS, parallel_map
 from w2v.pipeline.head import HeadResult, head_spec, run_head_alone
 from w2v.pipeline.inputs import Input, abspath, collect_inputs
 from w2v.pipeline.layers import LayerSpec, parse_layers, resolve_layers
+from w2v.pipeline.options import check_batch_seconds, check_channel, check_workers, chunk_policy
 from w2v.pipeline.outputs import (
     ManifestWriter,
     OutputLock,
@@ -133,21 +134,22 @@ def embed_files(
     check_format(fmt)
     if head:
         check_head_format(fmt)
-    if batch_seconds is not None and batch_seconds <= 0:
-        raise UsageError(f"--batch-seconds must be positive, got {batch_seconds}")
-    try:
-        chunking = ChunkPolicy(chunk_seconds, context_seconds)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    batch_seconds = check_batch_seconds(batch_seconds)
+    chunking = chunk_policy(chunk_seconds, context_seconds)
+    workers, channel = check_workers(workers), check_channel(channel)
     parse_layers(layers)  # syntax errors before loading anything
+    if device is not None:
+        check_device(device)  # before DIR is made
     items = collect_inputs(inputs)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output directory {out}: {one_line(e)}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise UsageError(
+            f"cannot create output directory {shown(str(out))}: {one_line(e)}"
+        ) from None
     if not out.is_dir():
-        raise UsageError(f"output {out} is not a directory")
+        raise UsageError(f"output {shown(str(out))} is not a directory")
     with OutputLock(out):  # before anything is read or written there
         loaded = load_model(model, device=device, dtype=dtype, compile=compile, strict=strict)
         spec = head_spec(loaded) if head else None
@@ -179,7 +181,7 @@ def embed_files(
         try:
             writer = ManifestWriter(out)
         except OSError as e:
-            raise UsageError(f"cannot write {out}: {one_line(e)}") from None
+            raise UsageError(f"cannot write {shown(str(out))}: {one_line(e)}") from None
         clock = Clock()
         try:
             infos = parallel_map(_probe, todo, PROBE_WORKERS)  # the model is idle meanwhile
@@ -214,7 +216,7 @@ def embed_files(
                     except OSError as e:
                         if is_out_of_space(e):
                             raise _stopped(out / name, e, summary) from None
-                        result = AudioError(f"cannot write {out / name}: {one_line(e)}")
+                        result = AudioError(f"cannot write {shown(str(out / name))}: {one_line(e)}")
                     else:
                         chunk, context = result.window or (None, None)
                         entry.update(
@@ -225,7 +227,10 @@ def embed_files(
                             text=None if heads is None else heads.text,
                         )
                 if isinstance(result, Exception):
-                    entry.update(status="error", error=f"{item.path}: {one_line(result)}")
+                    # the path escaped as every message does: the CLI prints this line
+                    entry.update(
+                        status="error", error=f"{escaped(str(item.path))}: {one_line(result)}"
+                    )
                 try:
                     writer.append(entry)
                 except OSError as e:
@@ -275,7 +280,7 @@ def embed_files(
         try:
             write_manifest(out, read_manifest(out))  # one line per input
         except OSError as e:  # the appended manifest is whole; only its tidying failed
-            progress.notice(f"could not compact {writer.path}: {one_line(e)}")
+            progress.notice(f"could not compact {shown(str(writer.path))}: {one_line(e)}")
         summary.elapsed = time.perf_counter() - start
         return summary
 
@@ -289,7 +294,7 @@ def _previous_entries(
     mismatch = settings_mismatch(entries, settings)
     if mismatch and not overwrite:
         raise UsageError(
-            f"{out} holds results of other settings ({'; '.join(mismatch)}); give another "
+            f"{shown(str(out))} holds results of other settings ({'; '.join(mismatch)}); give another "
             "--out, or --overwrite to replace them all"
         )
     if mismatch:
@@ -297,15 +302,19 @@ def _previous_entries(
             remove_outputs(out, entries)
             write_manifest(out, {})
         except OSError as e:
-            raise UsageError(f"cannot replace the results in {out}: {one_line(e)}") from None
-        progress.notice(f"removed {len(entries)} result(s) of other settings from {out}")
+            raise UsageError(
+                f"cannot replace the results in {shown(str(out))}: {one_line(e)}"
+            ) from None
+        progress.notice(
+            f"removed {len(entries)} result(s) of other settings from {shown(str(out))}"
+        )
     return {} if overwrite else entries
 
 
 def _stopped(path: Path, e: OSError, summary: Summary) -> UsageError:
     """The error that ends a run when ``path`` cannot be written (a full disk)."""
     return UsageError(
-        f"cannot write {path}: {one_line(e)}; the run stopped after {summary.ok + summary.failed} "
+        f"cannot write {shown(str(path))}: {one_line(e)}; the run stopped after {summary.ok + summary.failed} "
         "input(s), which are kept: free space and run again to finish"
     )
 

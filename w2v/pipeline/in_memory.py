@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from w2v.config import SAMPLE_RATE
-from w2v.errors import AudioError, one_line
+from w2v.errors import AudioError, escaped, one_line
 from w2v.loading import load_model
-from w2v.longform import DEFAULT_CONTEXT_SECONDS, ChunkPolicy
+from w2v.longform import DEFAULT_CONTEXT_SECONDS
 from w2v.pipeline import audio
 from w2v.pipeline.batching import PROBE_WORKERS, parallel_map
 from w2v.pipeline.inputs import expand, no_inputs
 from w2v.pipeline.layers import LayerSpec, resolve_layers
+from w2v.pipeline.options import check_batch_seconds, check_channel, check_workers, chunk_policy
 from w2v.pipeline.pooling import check_pool
 from w2v.pipeline.stream import Source, decode_workers, stream
 
@@ -95,16 +96,20 @@ def embed(
     Returns an :class:`Embeddings` list, one float32 array per item in input
     order: ``(layers, dim)`` pooled, ``(layers, 2 * dim)`` for ``stats``,
     ``(layers, frames, dim)`` for ``"none"``. Misuse raises whatever ``errors``
-    says: TypeError for a complex array, a non-numeric rate or a non-integer
-    layer; ValueError for a rate that is not a positive whole number of Hz or
-    an unknown ``errors``; :class:`w2v.errors.UsageError` for a directory or list
+    says: TypeError for a complex array, a sparse or meta tensor, a non-numeric rate,
+    option or model, or a non-integer layer, channel or worker count; ValueError for a
+    rate that is not a positive whole number of Hz or an unknown ``errors``;
+    :class:`w2v.errors.UsageError` (a ValueError) for an option out of range (see
+    :mod:`w2v.pipeline.options`); :class:`w2v.errors.UsageError` for a directory or list
     holding no audio, a list file that cannot be read, a layer out of range or a
     model that cannot be loaded.
     """
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}, got {errors!r}")
     check_pool(pool)
-    chunking = ChunkPolicy(chunk_seconds, context_seconds)
+    chunking = chunk_policy(chunk_seconds, context_seconds)
+    batch_seconds = check_batch_seconds(batch_seconds)
+    workers, channel = check_workers(workers), check_channel(channel)
     if sample_rate is not None:
         sample_rate = _rate(sample_rate, "sample_rate")
     items = _items(inputs, sample_rate)
@@ -138,7 +143,7 @@ def embed(
             channel=channel,
             workers=decode_workers(model, workers),
             chunking=chunking,
-            notice=lambda text: warnings.warn(text, stacklevel=3),
+            notice=lambda text: warnings.warn(escaped(text), stacklevel=3),
         )
         try:
             for k, res, _ in stream_items:
@@ -172,7 +177,7 @@ def _items(inputs: Any, sample_rate: int | None) -> list[_Item]:
             paths_given = True
             for it in expand(x):
                 source = AudioError(it.error) if it.error else Source(path=it.path)
-                out.append(_Item(str(it.path), it.path, source))
+                out.append(_Item(escaped(str(it.path)), it.path, source))
             continue
         for wave in _one(x, sample_rate, f"input {k}" if many else "input"):
             out.append(_Item(f"input {len(out)}", None, wave))
@@ -197,8 +202,8 @@ def _one(x: Any, sample_rate: int | None, where: str) -> list[Source]:
     if isinstance(x, np.ndarray | torch.Tensor):
         return _waveforms(x, sample_rate, where)
     raise TypeError(
-        f"{where}: expected a path, an array with sample_rate=, or an (array, rate) tuple; "
-        f"got {type(x).__name__}"
+        f"{where}: expected a path, an array with sample_rate=, an (array, rate) tuple, or a "
+        f"list of these; got {type(x).__name__}"
     )
 
 
@@ -219,11 +224,15 @@ def _waveforms(x: Any, rate: int | None, where: str) -> list[Source]:
     if isinstance(x, torch.Tensor):
         if x.is_complex() or x.dtype == torch.bool:
             raise TypeError(f"{where}: expected real audio samples, got {x.dtype}")
+        if x.layout != torch.strided or x.is_meta:
+            kind = "a meta tensor (no data)" if x.is_meta else f"a {x.layout} tensor"
+            raise TypeError(f"{where}: expected a dense tensor of audio samples, got {kind}")
         x = x.detach().float().cpu().numpy()
     a = np.asarray(x)
     if a.dtype.kind not in "fiu":  # complex would silently lose its imaginary part
         raise TypeError(f"{where}: expected real audio samples (float or integer), got {a.dtype}")
-    a = a.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # beyond float32's range: reported as Inf per item
+        a = a.astype(np.float32, copy=False)
     if a.ndim == 1:
         rows = [a]
     elif a.ndim == 2:

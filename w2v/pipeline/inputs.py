@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from w2v.errors import UsageError, one_line, shown
+from w2v.errors import UsageError, one_line, quoted, shown
 from w2v.pipeline.audio import AUDIO_EXTENSIONS
 
 LIST_EXTENSIONS = frozenset({".txt", ".lst"})
 """Inputs with these extensions are lists of paths, one per line."""
+
+MAX_LIST_LINE = 1 << 16
+"""Bytes of one list file line at most (64 KiB, far past any path the system takes): a
+longer line means the file is no list of paths, and it is refused without being read whole."""
 
 _SHOWN_CLASHES = 20
 """Colliding output names listed in the error before "... and N more"."""
@@ -82,18 +86,26 @@ def expand(given: str | os.PathLike) -> list[Input]:
       :data:`w2v.pipeline.audio.AUDIO_EXTENSIONS`, keyed by its path relative to ROOT;
       hidden files and directories (name starting with ``.``, such as macOS
       ``._x.wav`` resource forks) are left out;
-    * a ``.txt`` / ``.lst`` regular file: a list of paths, one per line, relative
-      ones resolved against the list's directory, blank lines and ``#`` comments
-      ignored; keyed by the path relative to the list's directory when inside
-      it, else by file name;
+    * a ``.txt`` / ``.lst`` regular file: a list of paths, one per line (``\n``; a
+      ``\r`` before it is dropped), relative ones resolved against the list's
+      directory, blank lines and ``#`` comments ignored, surrounding whitespace
+      stripped; keyed by the path relative to the list's directory when inside it,
+      else by file name. A line is UTF-8, and a byte that is not is kept as the file
+      system's byte (as Python names such files, ``surrogateescape``). A list names
+      audio files: a list file or directory named in it is an error for that line
+      (lists are never read recursively);
     * any other path: an audio file keyed by its file name.
 
     A file known to be unusable before reading carries its reason in
     :attr:`Input.error`: a path that does not exist, a regular file with an
-    unknown extension. Special files (a FIFO, ``/dev/zero``) are left to
-    :mod:`w2v.pipeline.audio`, which refuses them without opening them. Raises
-    :class:`UsageError` only for a list file that cannot be read.
+    unknown extension, a path holding a NUL byte. Special files (a FIFO, ``/dev/zero``)
+    are left to :mod:`w2v.pipeline.audio`, which refuses them without opening them.
+    Raises :class:`UsageError` only for a list file that cannot be read or holds no
+    text (a NUL byte, a line longer than :data:`MAX_LIST_LINE`).
     """
+    if "\0" in os.fsdecode(given):
+        p = Path(os.fsdecode(given).replace("\0", "\\0"))
+        return [Input(p, p.name, "the path holds a NUL byte")]
     p = abspath(given)
     if p.is_dir():
         return _search(p)
@@ -121,24 +133,28 @@ def _explicit(path: Path, key: str) -> Input:
         return Input(path, key, f"no such file or directory{broken}")
     except OSError:
         return Input(path, key)  # decoding reports why it cannot be reached
+    if stat.S_ISREG(mode) and path.suffix.lower() in LIST_EXTENSIONS:
+        return Input(
+            path, key, "a list file named in a list file (lists are not read inside lists)"
+        )
     if stat.S_ISREG(mode) and path.suffix.lower() not in AUDIO_EXTENSIONS:
         known = ", ".join(sorted(AUDIO_EXTENSIONS))
-        ext = shown(path.suffix, 20) or "(none)"
-        return Input(path, key, f"unknown audio extension {ext!r} (known: {known})")
+        ext = quoted(path.suffix, 20) if path.suffix else "(none)"
+        return Input(path, key, f"unknown audio extension {ext} (known: {known})")
     return Input(path, key)
 
 
 def _read_list(list_file: Path) -> list[Input]:
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read list file {list_file}: {one_line(e)}") from None
     base = list_file.parent
     out = []
-    for raw in text.splitlines():
-        line = raw.strip()
+    for number, line in enumerate(_list_lines(list_file), 1):
         if not line or line.startswith("#"):
             continue
+        if "\0" in line:
+            raise UsageError(
+                f"list file {shown(str(list_file))}: line {number} holds a NUL byte; "
+                "a list file is text, one path per line"
+            )
         p = abspath(base / line)  # an absolute line replaces base
         try:
             key = p.relative_to(base).as_posix()
@@ -146,6 +162,24 @@ def _read_list(list_file: Path) -> list[Input]:
             key = p.name
         out.append(_explicit(p, key))
     return out
+
+
+def _list_lines(list_file: Path) -> Iterator[str]:
+    """The stripped lines of ``list_file``, decoded as file names are (UTF-8,
+    ``surrogateescape``), read one at a time."""
+    try:
+        with open(list_file, "rb") as f:
+            number = 0
+            while raw := f.readline(MAX_LIST_LINE + 1):
+                number += 1
+                if len(raw) > MAX_LIST_LINE and not raw.endswith(b"\n"):
+                    raise UsageError(
+                        f"list file {shown(str(list_file))}: line {number} is longer than "
+                        f"{MAX_LIST_LINE} bytes; a list file is text, one path per line"
+                    )
+                yield raw.decode("utf-8", "surrogateescape").strip()
+    except OSError as e:
+        raise UsageError(f"cannot read list file {shown(str(list_file))}: {one_line(e)}") from None
 
 
 def _check_clashes(items: list[Input]) -> None:

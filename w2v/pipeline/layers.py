@@ -11,13 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from w2v.errors import UsageError
+from w2v.errors import UsageError, quoted
 from w2v.nn.model import layer_index, layer_indices
 
 LayerSpec = str | int | Sequence[int] | None
 
-_INT = r"-?\d+"
-_RANGE = re.compile(rf"^({_INT})-({_INT})$")
+MAX_INDEX_DIGITS = 6
+"""Digits of a layer index in a spec at most: far past any model's depth, and a longer
+number is refused as such rather than parsed (a 5,000-digit int costs time to parse)."""
+
+_INT = r"-?[0-9]+"  # ASCII digits only: "١٢" is not read as 12
+_RANGE = re.compile(rf"({_INT})-({_INT})")
 
 
 def parse_layers(spec: LayerSpec) -> list[int | tuple[int, int]] | None:
@@ -47,20 +51,31 @@ def parse_layers(spec: LayerSpec) -> list[int | tuple[int, int]] | None:
     for token in text.split(","):
         token = token.strip()
         if re.fullmatch(_INT, token):
-            out.append(int(token))
+            out.append(_index(token, spec))
             continue
-        m = _RANGE.match(token)
+        m = _RANGE.fullmatch(token)
         if not m:
             raise UsageError(
-                f"bad layer spec {spec!r}: expected 'all', an index ('12', '-1'), a list "
+                f"bad layer spec {quoted(spec)}: expected 'all', an index ('12', '-1'), a list "
                 "('0,6,12') or an inclusive range ('4-8')"
             )
-        lo, hi = int(m.group(1)), int(m.group(2))
+        lo, hi = _index(m.group(1), spec), _index(m.group(2), spec)
         # "-3--1" is in order, "8-4" is not; "2--1" (2 to the last) is decided once the depth is known
         if lo > hi and not (lo >= 0 > hi):
-            raise UsageError(f"bad layer range {token!r} in {spec!r}: start is after end")
+            raise UsageError(
+                f"bad layer range {quoted(token)} in {quoted(spec)}: start is after end"
+            )
         out.append((lo, hi))
     return out
+
+
+def _index(digits: str, spec: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INDEX_DIGITS:
+        raise UsageError(
+            f"layer index {quoted(digits, 20)} in {quoted(spec)} is out of range "
+            f"(more than {MAX_INDEX_DIGITS} digits)"
+        )
+    return int(digits)
 
 
 def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:

@@ -46,6 +46,13 @@ a whole JSON object in UTF-8 (a torn tail, even one cut inside a character),
 so that input is computed again. At the end of a run the manifest is
 rewritten atomically with one line per input.
 
+Only w2v's own files: the manifest and the lock file are opened without following a
+symbolic link and must be regular files (anything else there is refused with a message);
+a manifest entry is used only when its fields have the types the schema gives, and
+the files it names are only ever read, replaced or removed inside ``DIR`` with an output
+suffix (:func:`is_output_name`), so a hostile manifest cannot reach outside ``DIR``. A
+manifest line longer than :data:`MAX_MANIFEST_LINE` is dropped unread.
+
 One run at a time: a run holds an exclusive ``flock`` on ``DIR/.w2v-embed.lock``
 (:class:`OutputLock`); a second run into the same ``DIR`` is refused with a
 message naming the first. The operating system drops the lock when a process
@@ -60,9 +67,12 @@ from __future__ import annotations
 
 import errno
 import json
+import math
+import numbers
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +96,9 @@ HEAD_OUTPUTS = ("logits", "embeddings")
 MANIFEST = "manifest.jsonl"
 LOCK = ".w2v-embed.lock"
 """Lock file in DIR held (``flock``) by the run writing there."""
+MAX_MANIFEST_LINE = 1 << 24
+"""Bytes of one manifest line at most (16 MiB; an entry is well under 1 KiB plus its
+transcript): a longer line is dropped as unreadable without being held in memory."""
 
 
 class Field(NamedTuple):
@@ -225,34 +238,37 @@ def read_manifest(
 ) -> dict[str, dict[str, Any]]:
     """Entries of ``DIR/manifest.jsonl`` by input path, the last line for a path winning.
 
-    The file is read as bytes and each line decoded on its own; a line that is
-    not a JSON object with a string ``path`` in UTF-8 (a run killed mid-line, a
-    line cut inside a character) is dropped, and ``notice`` told so. An ``ok``
-    entry whose output file a later entry for another path also claims is
-    dropped: that file now holds the later input.
+    The file is read line by line as bytes and each line decoded on its own; a line
+    that is not a JSON object in UTF-8 (a run killed mid-line, a line cut inside a
+    character), is longer than :data:`MAX_MANIFEST_LINE`, or whose fields do not have
+    the schema's types (:func:`is_entry`) is dropped, and ``notice`` told so. An ``ok``
+    entry whose output file a later entry for another path also claims is dropped: that
+    file now holds the later input. :class:`UsageError` when the manifest is not a
+    regular file (a directory, a symbolic link, a device).
     """
     path = Path(out_dir) / MANIFEST
     entries: dict[str, dict[str, Any]] = {}
     try:
-        data = path.read_bytes()
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return entries
     dropped = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            entry = json.loads(raw.decode("utf-8"))
-        except ValueError:  # UnicodeDecodeError included
-            entry = None
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            dropped.append(number)
-            continue
-        entries.pop(entry["path"], None)  # re-insert: order follows the latest line
-        entries[entry["path"]] = entry
+    with os.fdopen(fd, "rb") as f:
+        for number, raw in enumerate(_lines(f), 1):
+            if raw is not None and not raw.strip():
+                continue
+            try:
+                entry = None if raw is None else json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):  # UnicodeDecodeError included; deep nesting
+                entry = None
+            if not is_entry(entry):
+                dropped.append(number)
+                continue
+            entries.pop(entry["path"], None)  # re-insert: order follows the latest line
+            entries[entry["path"]] = entry
     if dropped and notice is not None:
         notice(
-            f"{shown(path)}: dropped {len(dropped)} torn or unreadable line(s) "
+            f"{shown(str(path))}: dropped {len(dropped)} torn or unreadable line(s) "
             f"(line {', '.join(map(str, dropped[:5]))}{', ...' if len(dropped) > 5 else ''}); "
             "the inputs they recorded are computed again"
         )
@@ -265,6 +281,53 @@ def read_manifest(
         for p, e in entries.items()
         if not (e.get("status") == "ok" and e.get("output") and owner[e["output"]] != p)
     }
+
+
+def _lines(f: Any) -> Any:
+    """The lines of the binary file ``f``; None in place of one longer than
+    :data:`MAX_MANIFEST_LINE` (skipped without holding it)."""
+    while raw := f.readline(MAX_MANIFEST_LINE + 1):
+        if len(raw) <= MAX_MANIFEST_LINE or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):
+            raw = f.readline(1 << 20)
+        yield None
+
+
+def is_entry(entry: Any) -> bool:
+    """Whether ``entry`` (a parsed manifest line) can be used: a dict whose ``path`` is a
+    non-empty string, ``status`` "ok" or "error", ``output`` null or an output name inside
+    DIR (:func:`is_output_name`), and ``duration``, ``chunk_seconds`` and
+    ``context_seconds`` null or finite numbers of seconds. The other fields are only
+    compared or copied, so any JSON value there is harmless."""
+    if not isinstance(entry, dict):
+        return False
+    path, output = entry.get("path"), entry.get("output")
+    if not isinstance(path, str) or not path or "\0" in path:
+        return False
+    if entry.get("status") not in ("ok", "error"):
+        return False
+    if output is not None and not is_output_name(output):
+        return False
+    return all(_seconds(entry.get(k)) for k in ("duration", "chunk_seconds", "context_seconds"))
+
+
+def _seconds(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return value >= 0 and math.isfinite(value * SAMPLE_RATE)
+
+
+def is_output_name(name: Any) -> bool:
+    """Whether ``name`` can be an output file relative to DIR: a string ending in an output
+    suffix, relative, without ``..`` parts or NUL bytes (never the manifest or the lock)."""
+    if not isinstance(name, str) or "\0" in name or not name.endswith(tuple(FORMATS.values())):
+        return False
+    p = Path(name)
+    return not p.is_absolute() and ".." not in p.parts
 
 
 def window_for(chunking: ChunkPolicy, duration: float | None) -> tuple[float, float] | None:
@@ -313,13 +376,14 @@ def settings_mismatch(entries: dict[str, dict[str, Any]], settings: dict[str, An
 
 
 def remove_outputs(out_dir: str | os.PathLike, entries: dict[str, dict[str, Any]]) -> int:
-    """Delete the output files ``entries`` list (only regular files inside ``out_dir``);
-    returns how many. OSError when one cannot be deleted."""
+    """Delete the output files ``entries`` list (only regular files inside ``out_dir`` with
+    an output suffix, see :func:`is_output_name`); returns how many. OSError when one
+    cannot be deleted."""
     root = Path(out_dir).resolve()
     removed = 0
     for e in entries.values():
         name = e.get("output")
-        if not isinstance(name, str) or not name:
+        if not is_output_name(name):
             continue
         target = Path(out_dir) / name
         if not target.resolve().is_relative_to(root) or not target.is_file():
@@ -349,18 +413,18 @@ class ManifestWriter:
 
     Each entry is one unbuffered ``write`` of one line, so a killed run (or a
     full disk) leaves at most a torn last line, which :func:`read_manifest` drops.
-    ``append`` raises OSError when the line cannot be written.
+    ``append`` raises OSError when the line cannot be written; opening raises
+    :class:`UsageError` when the manifest is not a regular file (see :func:`open_regular`).
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.path = Path(out_dir) / MANIFEST
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
-        if self._file.tell() > 0:
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a killed run tore the last line; start on a new one
-                    self._write(b"\n")
+        fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        self._file = os.fdopen(fd, "ab", buffering=0)
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            self._write(b"\n")  # a killed run tore the last line; start on a new one
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -398,7 +462,8 @@ def compact_manifest(out_dir: str | os.PathLike) -> Path:
 class OutputLock:
     """An exclusive ``flock`` on ``DIR/.w2v-embed.lock`` for the length of a run.
 
-    :meth:`acquire` raises :class:`UsageError` naming the run that holds it. The
+    :meth:`acquire` raises :class:`UsageError` naming the run that holds it, or saying why
+    the lock file cannot be opened (DIR read-only, the lock file not a regular file). The
     lock belongs to the open file, so the system releases it when the process
     ends however it ends; the file itself stays and means nothing unlocked. On a
     system without ``fcntl``, or a file system that cannot lock, runs are not locked.
@@ -411,7 +476,10 @@ class OutputLock:
     def acquire(self) -> OutputLock:
         if fcntl is None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:  # a read-only or vanished DIR
+            raise UsageError(f"cannot write {shown(str(self.path))}: {one_line(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -443,6 +511,41 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def open_regular(path: Path, flags: int) -> int:
+    """``os.open(path, flags)`` (mode 0o666 less the umask when created) for a file of w2v's
+    own in DIR, never through a symbolic link and never blocking on a FIFO.
+
+    Raises :class:`UsageError` naming the file when it is a symbolic link or anything but
+    a regular file (a directory, a FIFO, a device): w2v never writes through such a path
+    or reads from it; OSError (FileNotFoundError included) for other failures.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | nofollow | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR) or (nofollow and os.path.islink(path)):
+            raise UsageError(_not_regular(path, os.lstat(path).st_mode)) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UsageError(_not_regular(path, mode))
+    return fd
+
+
+def _not_regular(path: Path, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        what = "is a symbolic link"
+    elif stat.S_ISDIR(mode):
+        what = "is a directory"
+    else:
+        what = "is not a regular file"
+    return (
+        f"{shown(str(path))} {what}; w2v keeps a regular file of its own there and never "
+        "follows or replaces anything else: remove it, or give another --out"
+    )
 
 
 def _read_holder(fd: int) -> str:
