@@ -7,6 +7,7 @@ Data flows one way, one module per step:
 * :mod:`~w2v.pipeline.audio`: headers, decoding, mono, 16 kHz, checks, normalisation;
 * :mod:`~w2v.pipeline.long_audio`: files too long to hold whole, measured then read again;
 * :mod:`~w2v.pipeline.batching`: batches of similar length, decoded ahead on threads;
+* :mod:`~w2v.pipeline.options`: the run's numeric options (seconds, workers, channel), checked once;
 * :mod:`~w2v.pipeline.layers`: layer specs (``"0,6,12"``, ``"4-8"``, ``"-1"``);
 * :mod:`~w2v.pipeline.stream`: the model on each batch, item-by-item fallback, long inputs;
 * :mod:`~w2v.pipeline.pooling`: mean / stats / frames over valid frames only;

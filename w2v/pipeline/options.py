@@ -47,6 +47,8 @@ def chunk_policy(chunk_seconds: Any, context_seconds: Any) -> ChunkPolicy:
     ``MAX_AUDIO_SECONDS`` (longer than any input w2v reads, so nothing larger means more)."""
     if chunk_seconds is not None:
         chunk = _number("chunk seconds", chunk_seconds)
+        if chunk < 0:
+            raise UsageError(f"chunk seconds must not be negative, got {chunk}")
         if not (chunk == 0 or MIN_CHUNK_SECONDS <= chunk <= MAX_AUDIO_SECONDS):
             raise UsageError(
                 f"chunk seconds must be 0 (never chunk) or {MIN_CHUNK_SECONDS:g} (one frame) "
@@ -54,7 +56,9 @@ def chunk_policy(chunk_seconds: Any, context_seconds: Any) -> ChunkPolicy:
             )
         chunk_seconds = chunk
     context = _number("context seconds", context_seconds)
-    if not 0 <= context <= MAX_AUDIO_SECONDS:
+    if context < 0:
+        raise UsageError(f"context seconds must not be negative, got {context}")
+    if context > MAX_AUDIO_SECONDS:
         raise UsageError(
             f"context seconds must be 0 to {MAX_AUDIO_SECONDS:g} (the longest audio w2v "
             f"reads), got {context}"
