@@ -60,3 +60,10 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
     assert len(files) == 4
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p.name
+
+
+def test_a_name_near_the_file_system_limit_can_be_written(tmp_path):
+    target = tmp_path / ("a" * 250 + ".npy")  # 254 bytes: its own temporary name is shorter
+    atomic_write_file(target, lambda f: f.write(b"x"))
+    assert target.read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

@@ -23,6 +23,9 @@ from typing import IO, Any
 
 TMP_SUFFIX = ".w2vtmp"
 
+_NAME_MAX = 255
+"""Longest file name, in bytes, on the usual file systems (ext4, xfs, btrfs, tmpfs)."""
+
 _NEW_FILE_MODE = 0o666
 """Mode a new file asks for; the kernel removes the umask's bits, as for any new file."""
 
@@ -48,8 +51,11 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
     """A new empty file ``.NAME.<random>`` + :data:`TMP_SUFFIX` beside ``path``, created
     exclusively with the umask applied (unlike ``mkstemp``, which always makes 0600), and
     the permission bits it got."""
+    # the name as a prefix helps a person see what a leftover temporary was; a name near
+    # the file system's 255-byte limit gets a short temporary name instead
+    prefix = path.name if len(os.fsencode(path.name)) <= _NAME_MAX - 32 else "w2v"
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        tmp = path.parent / f".{prefix}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
         except FileExistsError:
