@@ -192,3 +192,18 @@ def test_convert_strict_refuses_and_plain_convert_keeps_the_keys(tmp_path, capsy
     code, err = run(["convert", src, tmp_path / "plain"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["extra"] == list(extra)
+
+
+def test_head_on_an_input_computed_in_windows_is_a_per_file_error(tmp_path, capsys):
+    """A head runs on each input whole: an input the run computes in windows would need
+    attention over all of it at once, so it is that input's error, and the rest go on."""
+    ckpt = save_model(tiny(HEADS["sequence_classification"]), tmp_path / "ckpt")
+    short, long = write_inputs(tmp_path / "in")  # 0.5 s and 0.8 s
+    out = tmp_path / "out"
+    argv = ["embed", short, long, "--model", ckpt, "--out", out, "--head"]
+    code, err = run([*argv, "--format", "safetensors", "--chunk-seconds", "0.6"], capsys)
+    assert code == 1, err
+    entries = read_manifest(out)
+    assert entries[str(short)]["status"] == "ok"
+    assert entries[str(long)]["status"] == "error"
+    assert "--head runs each input whole" in entries[str(long)]["error"]

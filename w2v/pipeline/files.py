@@ -191,7 +191,7 @@ def embed_files(
                     return None
                 start = time.perf_counter()
                 try:
-                    return run_head_alone(loaded, item.path, spec, channel)
+                    return run_head_alone(loaded, item.path, spec, channel, chunking.whole_limit())
                 except Exception as e:  # noqa: BLE001 - reported per item
                     return RuntimeError(f"head: {one_line(e)}")
                 finally:

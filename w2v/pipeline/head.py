@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from w2v.config import SAMPLE_RATE
 from w2v.convert.outside import groups
-from w2v.errors import UsageError
+from w2v.errors import AudioError, UsageError
 from w2v.nn.heads.ctc import greedy_decode
 from w2v.pipeline import audio
 from w2v.pipeline.stream import placement
@@ -67,17 +68,29 @@ def head_spec(model: torch.nn.Module) -> HeadSpec:
 
 
 def run_head_alone(
-    model: torch.nn.Module, path: str | Path, spec: HeadSpec, channel: int | None
+    model: torch.nn.Module,
+    path: str | Path,
+    spec: HeadSpec,
+    channel: int | None,
+    max_samples: int | None = None,
 ) -> HeadResult:
     """Decode the audio file ``path`` as :func:`w2v.pipeline.stream.stream` does and run the
     head on it alone. Raises :class:`~w2v.errors.AudioError` for a file that cannot be
-    read, ValueError (x-vector: the input is too short) or RuntimeError from the model."""
+    read or is longer than ``max_samples`` at 16 kHz (the longest input the run computes
+    whole: a head's attention over a longer one would take memory quadratic in its
+    length), ValueError (x-vector: the input is too short) or RuntimeError from the model."""
     wave, _ = audio.load(
         path,
         channel=channel,
         normalize_input=bool(getattr(model, "normalize", False)),
         min_samples=int(model.config.receptive_field),
+        max_whole=max_samples,
     )
+    if isinstance(wave, audio.Overlong):
+        raise AudioError(
+            f"longer than {max_samples / SAMPLE_RATE:g} s, the longest input this run computes "
+            "whole; --head runs each input whole (raise --chunk-seconds, or 0 for no limit)"
+        )
     device, dtype = placement(model)
     x = torch.from_numpy(wave).to(device=device, dtype=dtype)[None]  # (1, samples)
     with torch.inference_mode():
