@@ -5,6 +5,7 @@ head kind in the manifest settings, CTC transcripts, and the usage errors (no he
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from w2v.config import CheckpointInfo, Config
 from w2v.nn.heads import HeadConfig
 from w2v.nn.heads.ctc import greedy_decode
 from w2v.nn.model import Model
+from w2v.pipeline import audio
 from w2v.pipeline.outputs import read_head_outputs, read_manifest, read_output
 
 LABELS = ["angry", "happy", "neutral"]
@@ -207,3 +209,53 @@ def test_head_on_an_input_computed_in_windows_is_a_per_file_error(tmp_path, caps
     assert entries[str(short)]["status"] == "ok"
     assert entries[str(long)]["status"] == "error"
     assert "--head runs each input whole" in entries[str(long)]["error"]
+
+
+@pytest.mark.parametrize("kind", ["xvector", "frame_classification", "ctc"])
+def test_each_input_is_decoded_once_and_the_backbone_runs_once(kind, tmp_path, capsys, monkeypatch):
+    """The head comes from the batched pass: no second decode, no second backbone run."""
+    model = tiny(vocab=VOCAB) if kind == "ctc" else tiny(HEADS[kind])
+    ckpt = save_model(model, tmp_path / "ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    decoded, backbone = Counter(), Counter()
+    load, run_backbone = audio.load, Model._run
+
+    def counting_load(path, **kw):
+        decoded[str(path)] += 1
+        return load(path, **kw)
+
+    def counting_run(self, waveforms, lengths, *args):
+        samples = [waveforms.shape[-1]] * waveforms.shape[0] if lengths is None else lengths
+        backbone.update(int(n) for n in samples)
+        return run_backbone(self, waveforms, lengths, *args)
+
+    monkeypatch.setattr(audio, "load", counting_load)
+    monkeypatch.setattr(Model, "_run", counting_run)
+    out = tmp_path / "out"
+    argv = ["embed", *inputs, "--model", ckpt, "--out", out, "--head", "--format", "safetensors"]
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    assert decoded == {str(p): 1 for p in inputs}
+    for seconds in SECONDS:  # every input's samples went through the backbone once
+        assert backbone[int(16000 * seconds)] == 1, backbone
+
+
+def test_a_head_failing_on_one_input_of_a_batch_costs_only_that_input(tmp_path, capsys):
+    """The x-vector head refuses an input too short for its TDNN: the batch is retried item
+    by item, so the short input is an error saying so and the others are as alone."""
+    model = tiny(HEADS["xvector"])
+    ckpt = save_model(model, tmp_path / "ckpt")
+    inputs = write_inputs(tmp_path / "in")
+    short = tmp_path / "in" / "short.wav"
+    sf.write(short, np.full(1600, 0.1, np.float32), 16000, subtype="FLOAT")  # 4 frames
+    out = tmp_path / "out"
+    argv = ["embed", short, *inputs, "--model", ckpt, "--out", out, "--head"]
+    code, err = run([*argv, "--format", "safetensors"], capsys)
+    assert code == 1, err
+    entries = read_manifest(out)
+    assert entries[str(short)]["status"] == "error"
+    assert "head: the x-vector head needs at least 10 frames" in entries[str(short)]["error"]
+    for path in inputs:
+        got = read_head_outputs(out / entries[str(path)]["output"])
+        for name, ref in expected_head(model, path).items():
+            torch.testing.assert_close(torch.from_numpy(got[name]), ref, atol=1e-5, rtol=0)

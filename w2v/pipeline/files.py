@@ -23,7 +23,7 @@ from w2v.longform import DEFAULT_CONTEXT_SECONDS
 from w2v.pipeline import audio
 from w2v.pipeline.audio import AudioInfo
 from w2v.pipeline.batching import PROBE_WORKERS, parallel_map
-from w2v.pipeline.head import HeadResult, head_spec, run_head_alone
+from w2v.pipeline.head import head_spec
 from w2v.pipeline.inputs import Input, abspath, collect_inputs
 from w2v.pipeline.layers import LayerSpec, parse_layers, resolve_layers
 from w2v.pipeline.options import check_batch_seconds, check_channel, check_workers, chunk_policy
@@ -186,17 +186,6 @@ def embed_files(
         try:
             infos = parallel_map(_probe, todo, PROBE_WORKERS)  # the model is idle meanwhile
 
-            def head_outputs(item: Input) -> HeadResult | Exception | None:
-                if spec is None:
-                    return None
-                start = time.perf_counter()
-                try:
-                    return run_head_alone(loaded, item.path, spec, channel, chunking.whole_limit())
-                except Exception as e:  # noqa: BLE001 - reported per item
-                    return RuntimeError(f"head: {one_line(e)}")
-                finally:
-                    clock.model += time.perf_counter() - start
-
             def record(item: Input, info: AudioInfo | None, result: Result | Exception) -> None:
                 entry = new_entry(
                     str(item.path),
@@ -205,10 +194,8 @@ def embed_files(
                     sample_rate=info.sample_rate if info else None,
                     channels=info.channels if info else None,
                 )
-                heads = None if isinstance(result, Exception) else head_outputs(item)
-                if isinstance(heads, Exception):
-                    result = heads
                 if not isinstance(result, Exception):
+                    heads = result.head  # computed in the batch that computed the layers
                     name = output_name(item.key, fmt)
                     outputs = None if heads is None else (spec.kind, heads.outputs)
                     try:
@@ -266,6 +253,7 @@ def embed_files(
                 chunking=chunking,
                 notice=progress.notice,
                 clock=clock,
+                head=spec,
             )
             try:
                 for i, res, info in results:

@@ -1,28 +1,28 @@
 """``w2v embed --head``: the checkpoint's head run on each input, beside its layers.
 
-The head runs on each input whole and alone (no padding, so every frame is valid; the
-outputs equal :meth:`w2v.nn.model.Model.head` on the item alone), also for inputs whose
-layers are computed in windows. Its outputs are float32 numpy arrays without the batch
-axis; for a CTC head, the greedy transcript comes with them
-(:func:`w2v.nn.heads.ctc.greedy_decode` over the checkpoint's vocabulary). Where they are
-stored: :mod:`w2v.pipeline.outputs`.
+The head runs in the batch that computes the layers, from the same backbone run
+(:func:`layers_and_head`): its input comes from hidden states requested in the same call.
+Heads read each item's valid frames only, so the outputs equal
+:meth:`w2v.nn.model.Model.head` on the item alone. Inputs whose layers are computed in
+windows get an error instead (:func:`too_long`): a head's attention over the whole input
+would take memory quadratic in its length. Outputs are float32 numpy arrays without the
+batch axis, per-frame ones cut to the item's valid frames; for a CTC head, the greedy
+transcript comes with them (:func:`w2v.nn.heads.ctc.greedy_decode` over the checkpoint's
+vocabulary). Where they are stored: :mod:`w2v.pipeline.outputs`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from w2v.config import SAMPLE_RATE
 from w2v.convert.outside import groups
-from w2v.errors import AudioError, UsageError
+from w2v.errors import UsageError, one_line
+from w2v.nn.heads import head_features, head_layers
 from w2v.nn.heads.ctc import greedy_decode
-from w2v.pipeline import audio
-from w2v.pipeline.stream import placement
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class HeadResult:
 
     outputs: dict[str, np.ndarray]
     text: str | None = None
+
+
+class HeadError(RuntimeError):
+    """The head failed on a batch whose backbone ran (x-vector: an input too short); the
+    message says ``head:``, the cause is the head's own exception."""
 
 
 def head_spec(model: torch.nn.Module) -> HeadSpec:
@@ -67,36 +72,49 @@ def head_spec(model: torch.nn.Module) -> HeadSpec:
     return HeadSpec(kind, None if id2label is None else [id2label[i] for i in sorted(id2label)])
 
 
-def run_head_alone(
-    model: torch.nn.Module,
-    path: str | Path,
-    spec: HeadSpec,
-    channel: int | None,
-    max_samples: int | None = None,
-) -> HeadResult:
-    """Decode the audio file ``path`` as :func:`w2v.pipeline.stream.stream` does and run the
-    head on it alone. Raises :class:`~w2v.errors.AudioError` for a file that cannot be
-    read or is longer than ``max_samples`` at 16 kHz (the longest input the run computes
-    whole: a head's attention over a longer one would take memory quadratic in its
-    length), ValueError (x-vector: the input is too short) or RuntimeError from the model."""
-    wave, _ = audio.load(
-        path,
-        channel=channel,
-        normalize_input=bool(getattr(model, "normalize", False)),
-        min_samples=int(model.config.receptive_field),
-        max_whole=max_samples,
+def too_long(max_samples: int) -> HeadError:
+    """The error of an input longer than ``max_samples`` at 16 kHz, the longest the run
+    computes whole: its layers would be computed in windows, and the head needs it whole."""
+    return HeadError(
+        f"head: longer than {max_samples / SAMPLE_RATE:g} s, the longest input this run "
+        "computes whole; --head runs each input whole (raise --chunk-seconds, or 0 for no limit)"
     )
-    if isinstance(wave, audio.Overlong):
-        raise AudioError(
-            f"longer than {max_samples / SAMPLE_RATE:g} s, the longest input this run computes "
-            "whole; --head runs each input whole (raise --chunk-seconds, or 0 for no limit)"
-        )
-    device, dtype = placement(model)
-    x = torch.from_numpy(wave).to(device=device, dtype=dtype)[None]  # (1, samples)
-    with torch.inference_mode():
-        out: dict[str, Any] = model.head(x)
-        text = None
+
+
+def layers_and_head(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    layers: list[int],
+    spec: HeadSpec,
+) -> tuple[list[torch.Tensor], torch.Tensor, list[HeadResult]]:
+    """One backbone run for the layers and the head: (batch, samples) waveforms with
+    ``lengths`` (batch,) valid samples → the states at ``layers`` (each (batch, frames,
+    dim), as :meth:`~w2v.nn.model.Model.hidden_states` gives them), the valid frames per
+    item (batch,), and each item's :class:`HeadResult`.
+
+    The head's input is :func:`w2v.nn.heads.head_features` of the states
+    :func:`~w2v.nn.heads.head_layers` names, asked for in the same call. Raises :class:`HeadError` when the head fails after the backbone
+    ran (run under ``torch.inference_mode``: no graph is kept)."""
+    head = model.task_head
+    extra = head_layers(model, head)
+    states, frame_lengths = model.hidden_states(x, lengths, [*layers, *extra])
+    states, needed = states[: len(layers)], states[len(layers) :]
+    try:
+        h = head_features(model, head, needed)
+        # no task head: the CTC head on the model output, as Model.forward applies it
+        out = {"logits": model.lm_head(h)} if head is None else head(h, frame_lengths)
+        texts = [None] * x.shape[0]
         if spec.kind == "ctc" and spec.vocab is not None:
-            [text] = greedy_decode(out["logits"], None, spec.vocab)
-    arrays = {k: v[0].float().cpu().numpy() for k, v in out.items()}
-    return HeadResult(arrays, text)
+            texts = greedy_decode(out["logits"], frame_lengths, spec.vocab)
+    except Exception as e:
+        raise HeadError(f"head: {one_line(e)}") from e
+    results = []
+    for b, (frames, text) in enumerate(zip(frame_lengths.tolist(), texts, strict=True)):
+        # (batch, frames, ...) outputs are per frame (frame classification, CTC): cut padding
+        arrays = {
+            k: (v[b, :frames] if v.dim() == 3 else v[b]).float().cpu().numpy()
+            for k, v in out.items()
+        }
+        results.append(HeadResult(arrays, text))
+    return states, frame_lengths, results

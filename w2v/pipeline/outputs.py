@@ -15,7 +15,8 @@ Layout of the output directory ``DIR``:
 * ``DIR/manifest.jsonl``: one JSON object per input (fields in :data:`ENTRY_SCHEMA`).
 
 Head outputs (``w2v embed --head``) go into the safetensors file beside the layers, float32,
-computed on each input whole and alone, and the metadata records ``head`` (its kind):
+computed in the same batched pass as the layers (equal to the head run on the input
+alone: heads read valid frames only), and the metadata records ``head`` (its kind):
 
 * ``"logits"``: ``(labels,)`` for sequence and speech classification, ``(frames, labels)``
   for frame classification and ``(frames, vocab)`` for CTC, cut to the input's valid

@@ -9,7 +9,10 @@ A file that long is never held whole: read-ahead only measures it (length, check
 normalisation statistics: :class:`~w2v.pipeline.long_audio.LongAudio`), and its windows
 are decoded again as the model reaches them, so memory follows the window, not the file.
 Per item it yields a result or the exception that item met, never raising for
-one input.
+one input. Given a :class:`~w2v.pipeline.head.HeadSpec`, each batch also runs the
+checkpoint's head from the same backbone run (:func:`w2v.pipeline.head.layers_and_head`),
+so each input is decoded once and the backbone runs once; an input that would be computed
+in windows is then that input's error (:func:`w2v.pipeline.head.too_long`).
 """
 
 from __future__ import annotations
@@ -36,16 +39,19 @@ from w2v.pipeline.batching import (
     plan_batches,
     prefetch,
 )
+from w2v.pipeline.head import HeadError, HeadResult, HeadSpec, layers_and_head, too_long
 from w2v.pipeline.pooling import RunningPool, pool_layers
 
 
 class Result(NamedTuple):
-    """One item's pooled array ``(layers, ...)``, its number of valid frames, and the
-    ``(chunk_seconds, context_seconds)`` of the windows it was computed in (None: whole)."""
+    """One item's pooled array ``(layers, ...)``, its number of valid frames, the
+    ``(chunk_seconds, context_seconds)`` of the windows it was computed in (None: whole),
+    and its head outputs when the run asked for them (None otherwise)."""
 
     array: np.ndarray
     frames: int
     window: tuple[float, float] | None = None
+    head: HeadResult | None = None
 
 
 @dataclass
@@ -97,9 +103,15 @@ def smoke_test(model: torch.nn.Module, layers: list[int], pool: str) -> None:
 
 
 def run_batch(
-    model: torch.nn.Module, waves: Sequence[np.ndarray], layers: list[int], pool: str
+    model: torch.nn.Module,
+    waves: Sequence[np.ndarray],
+    layers: list[int],
+    pool: str,
+    head: HeadSpec | None = None,
 ) -> list[Result]:
-    """One padded batch through the model; per item ``(array, frames)``.
+    """One padded batch through the model; per item ``(array, frames)``, and with ``head``
+    the head's outputs from the same backbone run (:class:`~w2v.pipeline.head.HeadError`
+    when the head fails).
 
     ``waves``: 16 kHz mono float32 ``(samples,)`` each, already checked and
     normalised. The array is ``(layers, dim)`` pooled or ``(layers, frames, dim)``.
@@ -109,9 +121,15 @@ def run_batch(
     x = x.to(device=device, dtype=dtype, non_blocking=True)
     lengths = lengths.to(device)
     with torch.inference_mode():
-        states, frame_lengths = model.hidden_states(x, lengths, layers=layers)
+        if head is None:
+            states, frame_lengths = model.hidden_states(x, lengths, layers=layers)
+            heads = [None] * len(waves)
+        else:
+            states, frame_lengths, heads = layers_and_head(model, x, lengths, layers, head)
         arrays = pool_layers(states, frame_lengths, pool)
-    return [Result(a, n) for a, n in zip(arrays, frame_lengths.tolist(), strict=True)]
+    return [
+        Result(a, n, head=h) for a, n, h in zip(arrays, frame_lengths.tolist(), heads, strict=True)
+    ]
 
 
 def run_long(
@@ -159,17 +177,22 @@ def _timed(blocks: Iterator[np.ndarray], clock: Clock) -> Iterator[np.ndarray]:
 
 
 def run_items(
-    model: torch.nn.Module, waves: Sequence[np.ndarray], layers: list[int], pool: str
+    model: torch.nn.Module,
+    waves: Sequence[np.ndarray],
+    layers: list[int],
+    pool: str,
+    head: HeadSpec | None = None,
 ) -> list[Result | Exception]:
     """:func:`run_batch`, falling back to one item at a time when the batch fails.
 
     A failure that belongs to one item (or an out-of-memory batch) then costs
-    only that item.
+    only that item; with ``head``, a head that fails on one item too (x-vector:
+    an input too short for it).
     """
     if not waves:
         return []
     try:
-        return list(run_batch(model, waves, layers, pool))
+        return list(run_batch(model, waves, layers, pool, head))
     except Exception as e:  # noqa: BLE001 - retried item by item below
         if len(waves) == 1:
             return [_model_error(e)]
@@ -177,7 +200,7 @@ def run_items(
     out: list[Result | Exception] = []
     for w in waves:
         try:
-            out.extend(run_batch(model, [w], layers, pool))
+            out.extend(run_batch(model, [w], layers, pool, head))
         except Exception as e:  # noqa: BLE001
             _free_memory()
             out.append(_model_error(e))
@@ -185,11 +208,14 @@ def run_items(
 
 
 def _model_error(e: Exception) -> Exception:
-    if isinstance(e, torch.OutOfMemoryError):
+    cause = e.__cause__ if isinstance(e, HeadError) else e
+    if isinstance(cause, torch.OutOfMemoryError):
         return RuntimeError(
             "out of memory running the model on this input; lower --batch-seconds "
             "or use a smaller --dtype"
         )
+    if isinstance(e, HeadError):  # its message says "head:" already
+        return e
     return RuntimeError(f"model failed: {one_line(e)}")
 
 
@@ -211,12 +237,14 @@ def stream(
     chunking: ChunkPolicy,
     notice: Callable[[str], None],
     clock: Clock | None = None,
+    head: HeadSpec | None = None,
 ) -> Iterator[tuple[int, Result | Exception, AudioInfo | None]]:
     """Yield ``(source index, (array, frames) or the exception, decoded AudioInfo or None)``.
 
     Results come batch by batch (longest batch first), not in input order.
     Inputs that ``chunking`` says to chunk run alone, window by window, with a
-    ``notice`` saying so. ``batch_seconds`` None: the device's default.
+    ``notice`` saying so; with ``head`` (each result then carries the head's outputs)
+    they are errors instead. ``batch_seconds`` None: the device's default.
     ``clock`` (optional) accumulates the model's time and the time spent waiting
     for decoded audio.
     """
@@ -261,6 +289,9 @@ def stream(
                 if chunk is None:  # never for a LongAudio: it is longer than chunking allows
                     good.append((i, r))
                     continue
+                if head is not None:
+                    yield i, too_long(max_whole), info
+                    continue
                 what = sources[i].path if sources[i].path is not None else f"input {i}"
                 notice(
                     f"{what}: {samples / SAMPLE_RATE:.1f} s long; extracting in {chunk:g} s "
@@ -279,7 +310,7 @@ def stream(
                 clock.model += time.perf_counter() - start - (clock.waiting - waited)
                 yield i, res, info
             start = time.perf_counter()
-            results = run_items(model, [wave for _, (wave, _) in good], layers, pool)
+            results = run_items(model, [wave for _, (wave, _) in good], layers, pool, head)
             clock.model += time.perf_counter() - start
             allocator.after_batch()  # bounded mode: give the batch's freed memory back
             for (i, (_, info)), res in zip(good, results, strict=True):

@@ -71,20 +71,34 @@ def build_head(head_config: HeadConfig, config: Config) -> Head:
     return HEADS[head_config.kind](head_config, config)
 
 
+def head_layers(model: Model, head: Head | None) -> list[int]:
+    """The hidden-state indices ``head`` reads (None: the CTC head): all of 0..N for a
+    weighted layer sum, else N."""
+    n = model.config.num_layers
+    weighted = head is not None and head.layer_weights is not None
+    return list(range(n + 1)) if weighted else [n]
+
+
+def head_features(model: Model, head: Head | None, states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The head's input (batch, frames, hidden) from the states at
+    :func:`head_layers`: their weighted sum, or layer N after the encoder's final norm (the
+    model output, as transformers' heads and ``Model.forward`` take it)."""
+    if head is not None and head.layer_weights is not None:
+        return weighted_layer_sum(states, head.layer_weights)
+    return model.encoder.finish(states[0])
+
+
 def head_input(
     model: Model,
-    head: Head,
+    head: Head | None,
     waveforms: torch.Tensor,
     lengths: torch.Tensor | Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the backbone for ``head``: (batch, samples) → the head's input (batch, frames,
     hidden) and valid frames per item (None without ``lengths``). No layer is computed twice
     and none past the last."""
-    if head.layer_weights is None:
-        [x], frame_lengths = model.hidden_states(waveforms, lengths, [-1])
-        return model.encoder.finish(x), frame_lengths
-    states, frame_lengths = model.hidden_states(waveforms, lengths)  # 0..N
-    return weighted_layer_sum(states, head.layer_weights), frame_lengths
+    states, frame_lengths = model.hidden_states(waveforms, lengths, head_layers(model, head))
+    return head_features(model, head, states), frame_lengths
 
 
 def run_head(
@@ -121,7 +135,9 @@ __all__ = [
     "XVector",
     "build_head",
     "head_config_from_hf",
+    "head_features",
     "head_input",
+    "head_layers",
     "head_kind",
     "run_head",
 ]
