@@ -138,20 +138,11 @@ class Config:
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for name in ("conv_dim", "conv_kernel", "conv_stride"):
-            d[name] = list(d[name])
-        return d
+        return plain_fields(self, ("conv_dim", "conv_kernel", "conv_stride"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        if not isinstance(d, dict):
-            raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields: {quoted(', '.join(unknown))}")
-        return cls(**d)
+        return from_fields(cls, d, "config")
 
     @classmethod
     def from_name(cls, name: str) -> Config:
@@ -176,6 +167,27 @@ def _config_files() -> dict[str, Any]:
         for f in root.iterdir()
         if f.name.endswith(".json") and f.is_file()
     }
+
+
+def plain_fields(record: Any, sequences: tuple[str, ...]) -> dict[str, Any]:
+    """A frozen dataclass record as JSON-ready data: its fields, the tuple-valued ones named
+    in ``sequences`` as lists (None stays None)."""
+    d = dataclasses.asdict(record)
+    for name in sequences:
+        d[name] = None if d[name] is None else list(d[name])
+    return d
+
+
+def from_fields(cls: type, d: Any, what: str) -> Any:
+    """``cls(**d)`` for a dict read from a file; ValueError naming ``what`` when ``d`` is not
+    an object or has fields ``cls`` does not know (the record validates the values)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {what} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {quoted(', '.join(unknown))}")
+    return cls(**d)
 
 
 @dataclass(frozen=True)

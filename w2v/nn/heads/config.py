@@ -7,11 +7,10 @@ built from its HeadConfig and the backbone's :class:`~w2v.config.Config` togethe
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from w2v.config import MAX_SIZE
+from w2v.config import MAX_SIZE, from_fields, plain_fields
 from w2v.errors import quoted
 
 # kind → the transformers class-name suffix it comes from. "speech_classification" is the
@@ -113,20 +112,11 @@ class HeadConfig:
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for name in ("labels", "tdnn_dim", "tdnn_kernel", "tdnn_dilation"):
-            d[name] = None if d[name] is None else list(d[name])
-        return d
+        return plain_fields(self, ("labels", "tdnn_dim", "tdnn_kernel", "tdnn_dilation"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"a head config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown head config fields: {quoted(', '.join(unknown))}")
-        return cls(**d)
+        return from_fields(cls, d, "head config")
 
 
 def _count(name: str, value: Any) -> int:
