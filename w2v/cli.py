@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import warnings
@@ -147,24 +146,13 @@ def _layers_arg(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> float:
+def _seconds(text: str) -> float:
+    # parsing only: the ranges are checked once, for the CLI and the API alike, by
+    # w2v.pipeline.options (a UsageError there exits 2 like argparse's own errors)
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -172,15 +160,6 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r:.40}") from None
-    return value
-
-
-def _workers(text: str) -> int:
-    value = _count(text)
-    if not 0 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(
-            f"must be 1 to {MAX_WORKERS} (0: the default), got {value}"
-        )
     return value
 
 
@@ -294,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=tuple(FORMATS), default="npy")
     p.add_argument(
         "--batch-seconds",
-        type=_positive,
+        type=_seconds,
         default=None,
         metavar="S",
         help="padded audio seconds per batch (longest item x batch size; default "
@@ -313,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_workers,
+        type=_count,
         default=None,
         help=f"audio decoding threads, at most {MAX_WORKERS} (default: 1 per "
         f"{CPU_CORES_PER_WORKER} CPU cores with the model on the CPU, up to {GPU_MAX_WORKERS} "
@@ -321,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--chunk-seconds",
-        type=_non_negative,
+        type=_seconds,
         default=None,
         metavar="S",
         help="compute inputs longer than S seconds in S-second windows with context "
@@ -329,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--context-seconds",
-        type=_non_negative,
+        type=_seconds,
         default=DEFAULT_CONTEXT_SECONDS,
         metavar="S",
         help=f"context on each side of a window (default {DEFAULT_CONTEXT_SECONDS:g})",
