@@ -18,9 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from w2v.convert.checkpoint import Checkpoint, save
 
-import w2v
 from tests.helpers import REPO, TINY_W2V
 from tests.pipeline.cli_runs import run_cli
 from w2v.atomic import TMP_SUFFIX
@@ -33,15 +31,6 @@ TINY = Config(**TINY_W2V)
 SUMMARY = re.compile(
     r"^w2v embed: (\d+) ok, (\d+) failed, (\d+) skipped; \d+\.\d s of audio in \d+\.\d s"
 )
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = w2v.from_config(TINY)
-    d = tmp_path_factory.mktemp("ckpt")
-    save(Checkpoint(model.config, model.state_dict()), d)
-    return d
 
 
 def _audio(path: Path, seconds: float = 0.5, rate: int = 16000, channels: int = 1, seed: int = 0):

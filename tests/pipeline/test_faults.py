@@ -20,17 +20,11 @@ from tests.pipeline.cli_runs import (
     env,
     manifest_lines,
     run_cli,
-    tiny_checkpoint,
     write_audio,
 )
 from w2v.pipeline.outputs import LOCK, MANIFEST
 
 N_FILES = 10
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import soundfile as sf
 from tests.pipeline.cli_runs import (
     manifest_lines,
     run_cli,
-    tiny_checkpoint,
     wav_bytes,
     write_audio,
 )
@@ -25,11 +24,6 @@ from w2v.pipeline.outputs import read_manifest
 
 PEAK_MB = 500
 """Peak RSS allowed to a CLI run on a hostile file (torch and the tiny model take ~250 MB)."""
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file names are bytes on Linux")

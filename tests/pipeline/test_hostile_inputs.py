@@ -17,18 +17,13 @@ import torch
 
 import w2v
 from tests.helpers import TINY_W2V
-from tests.pipeline.cli_runs import tiny_checkpoint, write_audio
+from tests.pipeline.cli_runs import write_audio
 from w2v.cli import main
 from w2v.config import Config
 from w2v.errors import AudioError, UsageError
 from w2v.loading import check_device, load_model
 from w2v.pipeline import embed, embed_files
 from w2v.pipeline.outputs import LOCK, MANIFEST, read_manifest
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

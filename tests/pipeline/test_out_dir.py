@@ -8,15 +8,10 @@ import stat
 
 import pytest
 
-from tests.pipeline.cli_runs import manifest_lines, run_cli, tiny_checkpoint, write_audio
+from tests.pipeline.cli_runs import manifest_lines, run_cli, write_audio
 from w2v.errors import UsageError
 from w2v.pipeline import embed_files
 from w2v.pipeline.outputs import LOCK, MANIFEST, read_manifest
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_other_settings_are_refused_or_replaced_whole(tmp_path, ckpt):
