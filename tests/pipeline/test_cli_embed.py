@@ -19,15 +19,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.helpers import REPO, TINY_W2V
+from tests.helpers import REPO
 from tests.pipeline.cli_runs import run_cli
 from w2v.atomic import TMP_SUFFIX
 from w2v.cli import main
-from w2v.config import Config
 from w2v.pipeline import embed
 from w2v.pipeline.outputs import MANIFEST, read_manifest
 
-TINY = Config(**TINY_W2V)
 SUMMARY = re.compile(
     r"^w2v embed: (\d+) ok, (\d+) failed, (\d+) skipped; \d+\.\d s of audio in \d+\.\d s"
 )
