@@ -384,15 +384,20 @@ def test_resource_bombs_are_refused_fast(tmp_path):
 
 
 def test_declared_sizes_beyond_the_file_are_refused_before_allocating(tmp_path):
+    def pid(rest: bytes) -> bytes:  # a persistent id naming a storage of 1.5e9 floats
+        return (
+            b"("
+            + u("storage")
+            + g("torch", "FloatStorage")
+            + u("0")
+            + u("cpu")
+            + i(1_500_000_000)
+            + rest
+        )
+
     storage = call(
         g("torch._utils", "_rebuild_tensor_v2"),
-        b"("
-        + u("storage")
-        + g("torch", "FloatStorage")
-        + u("0")
-        + u("cpu")
-        + i(1_500_000_000)
-        + b"tQ",
+        pid(b"tQ"),
         i(0),
         b"(" + i(1_500_000_000) + b"t",
         b"(" + i(1) + b"t",
@@ -408,22 +413,7 @@ def test_declared_sizes_beyond_the_file_are_refused_before_allocating(tmp_path):
     head = b"".join(
         pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True})
     )
-    legacy_storage = storage.replace(
-        b"("
-        + u("storage")
-        + g("torch", "FloatStorage")
-        + u("0")
-        + u("cpu")
-        + i(1_500_000_000)
-        + b"tQ",
-        b"("
-        + u("storage")
-        + g("torch", "FloatStorage")
-        + u("0")
-        + u("cpu")
-        + i(1_500_000_000)
-        + b"NtQ",
-    )
+    legacy_storage = storage.replace(pid(b"tQ"), pid(b"NtQ"))  # the legacy id has a view slot
     legacy.write_bytes(
         head + b"\x80\x02" + b"}" + u("model") + b"}" + u("w") + legacy_storage + b"ss."
     )
