@@ -17,7 +17,8 @@ LAYERS = (
     ("w2v.nn",),
     ("w2v.convert",),
     ("w2v.loading", "w2v.hub", "w2v.longform"),
-    ("w2v.pipeline",),
+    ("w2v.pipeline", "w2v.compat"),
+    ("w2v.probe", "w2v.train"),
     ("w2v.cli",),
     ("w2v",),  # the package's __init__: the public API, imports anything
 )

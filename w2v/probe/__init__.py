@@ -1,0 +1,1 @@
+"""`w2v probe`: layer-wise probing of embeddings (read, labels, probes, CKA, plots)."""

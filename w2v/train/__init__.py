@@ -1,0 +1,1 @@
+"""Training: masking, quantizer targets, negatives, losses and the training loop."""
