@@ -4,10 +4,18 @@ that a file names (shard indexes) kept inside the directory."""
 from __future__ import annotations
 
 import json
+import pickletools
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from w2v.errors import CheckpointError, one_line, shown
+
+MAX_PICKLE_BYTES = 64 << 20
+"""Largest ``data.pkl`` :func:`is_torchaudio_file` looks into (a model's is under a megabyte)."""
+
+TORCHAUDIO_KEY = "encoder.feature_projection.projection.weight"
+"""A key only torchaudio's wav2vec2-family state dicts hold (HF and fairseq name it otherwise)."""
 
 MAX_JSON_BYTES = 16 << 20
 """Largest JSON side file read (config, index, vocabulary); real ones are under a megabyte."""
@@ -71,3 +79,19 @@ def _json_type(value: Any) -> str:
     return {list: "list", str: "string", type(None): "null", bool: "boolean"}.get(
         type(value), "number"
     )
+
+
+def is_torchaudio_file(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` zip file whose pickle names torchaudio's
+    projection key: a look at the pickle's opcodes (nothing is run, no tensor is read) that
+    tells a torchaudio ``.pth`` from a fairseq ``.pt`` before the file is read whole. False
+    for anything else, the legacy (non-zip) format included."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) != 1 or pickles[0].file_size > MAX_PICKLE_BYTES:
+                return False
+            data = z.read(pickles[0])
+        return any(arg == TORCHAUDIO_KEY for _, arg, _ in pickletools.genops(data))
+    except Exception:  # noqa: BLE001 - a damaged file can fail in many ways; the full read says how
+        return False

@@ -1,0 +1,37 @@
+"""torchaudio's ``models.wav2vec2``: the model, its factories and ``utils``."""
+
+from w2v.compat.torchaudio.models.wav2vec2 import utils
+from w2v.compat.torchaudio.models.wav2vec2.model import (
+    Wav2Vec2Model,
+    hubert_base,
+    hubert_large,
+    hubert_xlarge,
+    wav2vec2_base,
+    wav2vec2_large,
+    wav2vec2_large_lv60k,
+    wav2vec2_model,
+    wav2vec2_xlsr_1b,
+    wav2vec2_xlsr_2b,
+    wav2vec2_xlsr_300m,
+    wavlm_base,
+    wavlm_large,
+    wavlm_model,
+)
+
+__all__ = [
+    "Wav2Vec2Model",
+    "hubert_base",
+    "hubert_large",
+    "hubert_xlarge",
+    "utils",
+    "wav2vec2_base",
+    "wav2vec2_large",
+    "wav2vec2_large_lv60k",
+    "wav2vec2_model",
+    "wav2vec2_xlsr_1b",
+    "wav2vec2_xlsr_2b",
+    "wav2vec2_xlsr_300m",
+    "wavlm_base",
+    "wavlm_large",
+    "wavlm_model",
+]
