@@ -9,7 +9,12 @@ A directory holds
 * ``head.safetensors``: the task head's weights in the head module's key names, when
   ``head`` is not null;
 * ``extra.safetensors``: weights of the source that w2v does not run (an unknown head),
-  under their source names and unchanged, when ``extra`` lists any.
+  under their source names and unchanged, when ``extra`` lists any;
+* ``pretraining.safetensors``: the pretraining parts (mask embedding, quantizer and
+  projections, HuBERT label embeddings) in the :class:`~w2v.nn.pretraining.Pretraining`
+  module's key names, when ``config.json``'s ``pretraining`` (their
+  :class:`~w2v.nn.pretraining.PretrainingConfig`) is not null. A directory without the
+  entry has none.
 
 Reading checks everything ``config.json`` says (format, version, architecture,
 family, vocabulary, head) and that each weights file holds exactly what it describes, so
@@ -26,14 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from w2v.convert import fairseq, hf
 from w2v.convert.files import read_json_object
-from w2v.convert.keys import check_state, some
+from w2v.convert.keys import Table, check_state, some
 from w2v.convert.outside import EXTRA_FILE, expected_head_state, head_problem, unused_notice
 
 from w2v.atomic import atomic_write
 from w2v.config import CheckpointInfo, Config
 from w2v.errors import CheckpointError, escaped, one_line, quoted, shown
 from w2v.nn.heads import HeadConfig
+from w2v.nn.model import Model
+from w2v.nn.pretraining import Pretraining, PretrainingConfig
 
 FORMAT = "w2v"
 FORMAT_VERSION = 2
@@ -41,6 +49,7 @@ READ_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 HEAD_FILE = "head.safetensors"
+PRETRAINING_FILE = "pretraining.safetensors"
 FAMILIES = ("wav2vec2", "hubert", "data2vec-audio", "wavlm")
 
 
@@ -55,6 +64,9 @@ class Checkpoint:
       the checkpoint has none (a CTC head lives in ``state_dict`` as ``lm_head.*``).
     * ``extra``: weights outside the backbone that w2v does not run, under the source's
       key names, unchanged; written to ``extra.safetensors`` so converting loses nothing.
+    * ``pretraining`` / ``pretraining_state``: the pretraining parts
+      (:class:`~w2v.nn.pretraining.PretrainingConfig`) and their weights in the
+      :class:`~w2v.nn.pretraining.Pretraining` module's key names; None / empty without.
     """
 
     config: Config
@@ -64,12 +76,20 @@ class Checkpoint:
     head: HeadConfig | None = None
     head_state: dict[str, torch.Tensor] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    pretraining: PretrainingConfig | None = None
+    pretraining_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # notices name their input (a path may hold ESC or newlines) and are printed as is
         object.__setattr__(self, "notices", tuple(escaped(n) for n in self.notices))
         if self.head is None and self.head_state:
             raise ValueError("head weights without a head config")
+        if self.pretraining is None and self.pretraining_state:
+            raise ValueError("pretraining weights without a pretraining config")
+        if self.pretraining is None and self.extra:
+            # readers keep weights outside the backbone as extra; the pretraining parts
+            # among them are w2v's to run (w2v.train), so they move here, whoever read them
+            _sort_pretraining(self)
 
     def with_source(self, source: str) -> Checkpoint:
         return replace(self, info=replace(self.info, source=source))
@@ -87,6 +107,7 @@ class Checkpoint:
             "config": self.config.to_dict(),
             "head": None if self.head is None else self.head.to_dict(),
             "extra": list(self.extra),
+            "pretraining": None if self.pretraining is None else self.pretraining.to_dict(),
         }
 
 
@@ -134,6 +155,8 @@ def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:
         files[HEAD_FILE] = _copies(ckpt.head_state)
     if ckpt.extra:
         files[EXTRA_FILE] = _copies(ckpt.extra)
+    if ckpt.pretraining is not None:
+        files[PRETRAINING_FILE] = _copies(ckpt.pretraining_state)
     text = json.dumps(ckpt.metadata(), indent=2) + "\n"
     previous = is_w2v_dir(out)  # side files are removed only from w2v's own directories
     try:
@@ -144,7 +167,7 @@ def save(ckpt: Checkpoint, directory: str | os.PathLike) -> Path:
                 lambda p, t=tensors: save_file(t, str(p), metadata={"format": "pt"}),
             )
         atomic_write(out / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
-        for name in (HEAD_FILE, EXTRA_FILE):
+        for name in (HEAD_FILE, EXTRA_FILE, PRETRAINING_FILE):
             if previous and name not in files:
                 (out / name).unlink(missing_ok=True)
     except (OSError, SafetensorError) as e:
@@ -195,6 +218,7 @@ def read(directory: str | os.PathLike, *, strict: bool = False) -> Checkpoint:
         problem = head_problem(head_state, expected_head_state(head, config))
         if problem is not None:
             raise CheckpointError(f"{d / HEAD_FILE}: the {head.kind} head {problem}")
+    pretraining, pretraining_state = _pretraining(meta, d, config) if version >= 2 else (None, {})
     extra: dict[str, torch.Tensor] = {}
     notices: tuple[str, ...] = ()
     if extra_keys:
@@ -220,7 +244,109 @@ def read(directory: str | os.PathLike, *, strict: bool = False) -> Checkpoint:
         head=head,
         head_state=head_state,
         extra=extra,
+        pretraining=pretraining,
+        pretraining_state=pretraining_state,
     )
+
+
+def _pretraining(
+    meta: dict[str, Any], d: Path, config: Config
+) -> tuple[PretrainingConfig | None, dict[str, torch.Tensor]]:
+    """The ``pretraining`` entry of ``config.json`` and its weights, each checked."""
+    entry = meta.get("pretraining")
+    if entry is None:
+        return None, {}
+    try:
+        pcfg = PretrainingConfig.from_dict(entry)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{d / CONFIG_FILE}: invalid pretraining ({shown(e, 300)})") from None
+    state = _load(d / PRETRAINING_FILE)
+    problem = head_problem(state, expected_pretraining_state(pcfg, config))
+    if problem is not None:
+        raise CheckpointError(f"{d / PRETRAINING_FILE}: the pretraining parts {problem}")
+    return pcfg, state
+
+
+def expected_pretraining_state(pcfg: PretrainingConfig, config: Config) -> dict[str, torch.Tensor]:
+    """The state dict of the pretraining parts ``pcfg`` on ``config``, on the meta device."""
+    with torch.device("meta"):
+        return Pretraining(pcfg, config).state_dict()
+
+
+# source key tables of pretraining parts, tried in order (see _sort_pretraining)
+_PRETRAINING_TABLES = (
+    Table(hf.PRETRAINING_KEYS),
+    Table(fairseq.PRETRAINING_KEYS),
+    Table(fairseq.HUBERT_PRETRAINING_KEYS),
+)
+
+
+def pretraining_config_from_state(
+    state: dict[str, torch.Tensor], config: Config
+) -> PretrainingConfig | None:
+    """The :class:`PretrainingConfig` that pretraining weights in w2v's names imply (from
+    their shapes alone), or None when they are no complete set.
+
+    wav2vec 2.0: ``quantizer.codevectors`` (1, G*V, d) and ``project_q.weight`` (P, G*d)
+    give G, V and both widths. HuBERT: ``label_embeddings`` (classes, P) is read as one
+    label set (a checkpoint's split into several sets is not in its weights).
+    """
+    try:
+        if "quantizer.codevectors" in state:
+            book, proj = state["quantizer.codevectors"], state["project_q.weight"]
+            groups = proj.shape[1] // book.shape[2]
+            pcfg = PretrainingConfig(
+                objective="wav2vec2",
+                final_dim=int(proj.shape[0]),
+                codevector_dim=int(proj.shape[1]),
+                num_codevector_groups=int(groups),
+                num_codevectors_per_group=int(book.shape[1] // groups),
+            )
+        elif "label_embeddings" in state:
+            emb = state["label_embeddings"]
+            pcfg = PretrainingConfig(
+                objective="hubert", final_dim=int(emb.shape[1]), num_classes=(int(emb.shape[0]),)
+            )
+        elif "masked_spec_embed" in state:
+            pcfg = PretrainingConfig(objective="mask")
+        else:
+            return None
+    except (KeyError, IndexError, ValueError, ZeroDivisionError):
+        return None
+    if head_problem(state, expected_pretraining_state(pcfg, config)) is not None:
+        return None
+    return pcfg
+
+
+def _sort_pretraining(ckpt: Checkpoint) -> None:
+    """Move the pretraining parts found among ``ckpt.extra`` (a transformers
+    ``*ForPreTraining`` or a fairseq wav2vec 2.0 / HuBERT pretraining checkpoint) to
+    ``pretraining`` / ``pretraining_state``, rewording the notice about unused weights
+    (gone when nothing else is unused); called while ``ckpt`` is built. A set that is
+    incomplete or of a layout w2v does not build (a deeper quantizer, shared-group
+    codebooks, GLU targets) stays in ``extra``.
+    """
+    for table in _PRETRAINING_TABLES:
+        state = {table.target(k): v for k, v in ckpt.extra.items() if table.target(k)}
+        pcfg = pretraining_config_from_state(state, ckpt.config)
+        if pcfg is None or pcfg.objective == "mask":
+            continue
+        rest = {k: v for k, v in ckpt.extra.items() if table.target(k) is None}
+        old = unused_notice("", ckpt.info.family, ckpt.extra)
+        notices = []
+        for n in ckpt.notices:
+            if n.endswith(old):
+                where = n[: -len(old)]
+                if rest:
+                    notices.append(unused_notice(where, ckpt.info.family, rest))
+            else:
+                notices.append(n)
+        for name, value in (
+            ("extra", rest), ("notices", tuple(notices)), ("pretraining", pcfg),
+            ("pretraining_state", state),
+        ):  # fmt: skip
+            object.__setattr__(ckpt, name, value)
+        return
 
 
 def _load(file: Path) -> dict[str, torch.Tensor]:
@@ -276,3 +402,27 @@ def _info(
     if not isinstance(source, str):
         raise CheckpointError(f"{cfg_path}: source must be a string")
     return CheckpointInfo(family=family, normalize=normalize, vocab=vocab, source=source)
+
+
+def from_model(model: Model) -> Checkpoint:
+    """The :class:`Checkpoint` of a model in memory (a trained one, to :func:`save`): its
+    backbone (and CTC head), task head and pretraining parts, with its config and info."""
+    backbone: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {"task_head": {}, "pretraining": {}}
+    for key, value in model.state_dict().items():
+        top, _, rest = key.partition(".")
+        if top in parts:
+            parts[top][rest] = value.detach()
+        else:
+            backbone[key] = value.detach()
+    head = None if model.task_head is None else model.task_head.head_config
+    pretraining = None if model.pretraining is None else model.pretraining.pretraining_config
+    return Checkpoint(
+        config=model.config,
+        state_dict=backbone,
+        info=model.info,
+        head=head,
+        head_state=parts["task_head"],
+        pretraining=pretraining,
+        pretraining_state=parts["pretraining"],
+    )

@@ -362,6 +362,28 @@ PRETRAINING = Table(
         "encoder.layers.{}.self_attn.grep_linear.*": _WAVLM,
     },
 )
+# The pretraining parts w2v keeps (as the model's ``pretraining``,
+# w2v.convert.checkpoint.Checkpoint): fairseq name → name in w2v's
+# :class:`~w2v.nn.pretraining.Pretraining` module, for wav2vec 2.0 and for HuBERT, whose
+# ``final_proj`` differ in role. Read non-strict, a pretraining checkpoint's keys under
+# these modules stay outside the key table (kept); strict reads drop them as before.
+PRETRAINING_KEYS = {
+    "mask_emb": "masked_spec_embed",
+    "quantizer.vars": "quantizer.codevectors",
+    "quantizer.weight_proj.weight": "quantizer.weight_proj.weight",
+    "quantizer.weight_proj.bias": "quantizer.weight_proj.bias",
+    "project_q.weight": "project_q.weight",
+    "project_q.bias": "project_q.bias",
+    "final_proj.weight": "project_hid.weight",
+    "final_proj.bias": "project_hid.bias",
+}
+HUBERT_PRETRAINING_KEYS = {
+    "mask_emb": "masked_spec_embed",
+    "label_embs_concat": "label_embeddings",
+    "final_proj.weight": "final_proj.weight",
+    "final_proj.bias": "final_proj.bias",
+}
+_KEPT_MODULES = ("mask_emb", "quantizer", "project_q", "final_proj", "label_embs_concat")
 CTC_HEAD = Table(
     {
         "w2v_encoder.proj.weight": "lm_head.weight",
@@ -427,7 +449,21 @@ def split_fairseq_state_dict(
     def inside(key: str) -> bool:
         return key.startswith(prefix) and key[len(prefix) :].split(".")[0] in ENCODER_MODULES
 
-    return split(state, key_table(config), inside, None, config, strict=strict, source=source)
+    table = key_table(config)
+    # a wav2vec 2.0 / HuBERT pretraining checkpoint keeps its pretraining parts (data2vec's
+    # final_proj regresses onto a teacher w2v does not have: dropped as before)
+    if not strict and config.vocab_size is None and config.pos_conv != "stack":
+        table = _keeping_pretraining(table)
+    return split(state, table, inside, None, config, strict=strict, source=source)
+
+
+def _keeping_pretraining(table: Table) -> Table:
+    """``table`` without the ignored entries of the modules w2v keeps (:data:`_KEPT_MODULES`)."""
+    ignored = {k: v for k, v in table.ignored.items() if k.split(".")[0] not in _KEPT_MODULES}
+    return Table(
+        table.keys, ignored, tuple(table.transforms.values()), tuple(table.fills.values()),
+        table.hints,
+    )  # fmt: skip
 
 
 def _under(key: str, head: str) -> bool:

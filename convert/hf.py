@@ -105,6 +105,22 @@ HEAD_IGNORED = {
 
 BACKBONE = Table(BACKBONE_KEYS, BACKBONE_IGNORED, hints=BACKBONE_HINTS)
 HEADS = Table(HEAD_KEYS, HEAD_IGNORED)
+
+# A *ForPreTraining checkpoint's pretraining parts: HF name → name in w2v's
+# :class:`~w2v.nn.pretraining.Pretraining` module ({} is the backbone prefix's family name).
+# Read (non-strict) they stay outside the key table and are kept as the model's
+# ``pretraining`` (w2v.convert.checkpoint.Checkpoint); strict reads drop them.
+PRETRAINING_KEYS = {
+    "quantizer.codevectors": "quantizer.codevectors",
+    "quantizer.weight_proj.weight": "quantizer.weight_proj.weight",
+    "quantizer.weight_proj.bias": "quantizer.weight_proj.bias",
+    "project_q.weight": "project_q.weight",
+    "project_q.bias": "project_q.bias",
+    "project_hid.weight": "project_hid.weight",
+    "project_hid.bias": "project_hid.bias",
+    **{f"{p}masked_spec_embed": "masked_spec_embed" for _, p in MODEL_TYPES.values()},
+}
+PRETRAINING = Table(PRETRAINING_KEYS)
 # without a CTC config (vocab_size) the CTC head is dropped like the others
 _NO_CTC = "CTC head, not kept: the config has no vocab_size"
 HEADS_WITHOUT_CTC = Table(
@@ -244,15 +260,34 @@ def split_hf_state_dict(
     is. ``head``: the head the config names (:func:`w2v.nn.heads.head_config_from_hf`),
     whose keys are the checkpoint's own keys outside the prefix."""
     table, prefix = _table(state, config, family)
+    kept = None
+    if prefix and not strict and "quantizer.codevectors" in state:
+        # a ForPreTraining checkpoint: its pretraining parts (the mask embedding inside the
+        # prefix too) are kept beside the backbone rather than dropped
+        kept = f"{prefix}masked_spec_embed"
+        table = _without_pretraining(config, prefix)
+
+    def inside(key: str) -> bool:
+        return key.startswith(prefix) and key != kept
+
     return split(
         state,
         table,
-        lambda key: key.startswith(prefix),
+        inside,
         head,
         config,
         strict=strict,
         source=source,
     )
+
+
+def _without_pretraining(config: Config, prefix: str) -> Table:
+    """The head model's table with the pretraining parts unknown rather than ignored."""
+    ignored = {k: v for k, v in BACKBONE_IGNORED.items() if k != "masked_spec_embed"}
+    backbone = Table(BACKBONE_KEYS, ignored, hints=BACKBONE_HINTS).prefixed(prefix)
+    if config.vocab_size is not None:
+        return backbone | Table(HEAD_KEYS)
+    return backbone | Table(ignored={"lm_head.weight": _NO_CTC, "lm_head.bias": _NO_CTC})
 
 
 def _table(state: dict[str, torch.Tensor], config: Config, family: str) -> tuple[Table, str]:

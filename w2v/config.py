@@ -213,6 +213,46 @@ class CheckpointInfo:
             object.__setattr__(self, "vocab", tuple(str(s) for s in self.vocab))
 
 
+@dataclass(frozen=True)
+class Regularization:
+    """Train-mode regularisation of a model; nothing here acts in eval mode.
+
+    Kept out of :class:`Config`, whose equality means architecture identity: two
+    checkpoints of one architecture trained with other dropouts are the same model.
+    Placement follows transformers' Wav2Vec2 and torchaudio (they agree):
+
+    * ``feat_proj_dropout``: after the feature projection;
+    * ``hidden_dropout``: after the transformer input (positional-conv sum and, post-LN,
+      the encoder LayerNorm), after each attention block and after each FFN's output;
+    * ``attention_dropout``: on the attention weights (SDPA's ``dropout_p``);
+    * ``activation_dropout``: after the FFN activation;
+    * ``layerdrop``: each transformer layer is skipped with this probability, one uniform
+      draw per layer per forward pass.
+
+    Every field is a probability in [0, 1); the default, 0, switches it off.
+    """
+
+    feat_proj_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    layerdrop: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            p = getattr(self, f.name)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise ValueError(f"{f.name} must be a probability in [0, 1), got {quoted(p)}")
+            object.__setattr__(self, f.name, float(p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Regularization:
+        return from_fields(cls, d, "regularization")
+
+
 def config_names() -> list[str]:
     """Names of the architectures shipped in ``configs/``."""
     return sorted(_config_files())

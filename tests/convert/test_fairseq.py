@@ -160,10 +160,13 @@ def test_ctc_vocab_is_the_target_dictionary():
     assert read_fairseq(FIXTURES / "wav2vec2_ctc_legacy.pt").info.vocab is None
 
 
-def test_pretraining_heads_are_dropped_with_a_notice():
+def test_pretraining_parts_are_kept_beside_the_encoder():
     ckpt = read_fairseq(FIXTURES / "wav2vec2_default.pt")
-    assert len(ckpt.notices) == 1
-    assert "quantizer" in ckpt.notices[0] and "project_q" in ckpt.notices[0]
+    assert ckpt.notices == () and not ckpt.extra  # nothing dropped (w2v.train uses them)
+    assert ckpt.pretraining is not None and ckpt.pretraining.objective == "wav2vec2"
+    assert {"masked_spec_embed", "quantizer.codevectors", "project_q.weight"} <= set(
+        ckpt.pretraining_state
+    )
     assert not any(k.startswith(("quantizer", "project_q", "mask_emb")) for k in ckpt.state_dict)
     d2v = read_fairseq(FIXTURES / "data2vec_audio.pt")
     assert "_ema" in d2v.notices[0]

@@ -124,12 +124,11 @@ def test_head_class_loads(transformers, tmp_path, family, head):
         ckpt = read_checkpoint(tmp_path)
         model = w2v.load(tmp_path)
     notices = [str(w.message) for w in record if "kept the" in str(w.message)]
-    if head == "ForPreTraining":  # pretraining parts are dropped, named in a notice
-        assert len(notices) == 1, [str(w.message) for w in record]
-        assert f"dropped {len(head_state)} weights" in notices[0]
-        for name in HEAD_MODULES[head]:
-            assert name in notices[0]
-        assert ckpt.head is None and not ckpt.extra
+    if head == "ForPreTraining":  # pretraining parts are kept (w2v.train), nothing dropped
+        assert notices == [], notices
+        assert ckpt.head is None and not ckpt.extra and ckpt.pretraining is not None
+        assert len(ckpt.pretraining_state) == len(head_state) + 1  # + masked_spec_embed
+        assert model.pretraining is not None
     else:  # a head w2v runs: kept, with its weights under its own key names
         assert notices == [] and not ckpt.extra
         assert ckpt.head is not None and ckpt.head.kind == head_kind(hf.__class__.__name__)

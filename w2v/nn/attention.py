@@ -60,6 +60,7 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(d, d)
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
+        self.dropout = 0.0  # on the attention weights, in train mode (Regularization)
         if config.rel_pos_buckets:
             # WavLM gate: a per-query, per-head scale on the shared position bias
             self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
@@ -94,6 +95,7 @@ class SelfAttention(nn.Module):
             if key_mask is not None:
                 bias = bias.masked_fill(~key_mask, torch.finfo(bias.dtype).min)
             mask = bias
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).flatten(2)  # (B, T, D)
         return self.out_proj(y)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
@@ -12,14 +13,25 @@ from w2v.nn.norm import LayerNorm
 from w2v.nn.positional import build_positional
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` in train mode with ``p > 0``; otherwise ``x`` itself, untouched (no
+    call at all, so eval mode computes exactly what it did before dropout existed, and
+    ``p = 0`` draws no random numbers, as in transformers)."""
+    return F.dropout(x, p, True) if training and p > 0 else x
+
+
 class FeedForward(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        # train-mode dropouts (Regularization): after the activation, after the output
+        self.activation_dropout = 0.0
+        self.hidden_dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_dense(gelu_(self.intermediate_dense(x)))
+        h = dropout(gelu_(self.intermediate_dense(x)), self.activation_dropout, self.training)
+        return dropout(self.output_dense(h), self.hidden_dropout, self.training)
 
 
 class EncoderLayer(nn.Module):
@@ -34,6 +46,13 @@ class EncoderLayer(nn.Module):
         self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.hidden_dropout = 0.0  # after attention, in train mode (Regularization)
+
+    def _attend(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, position_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        y = self.attention(x, key_mask, position_bias)
+        return dropout(y, self.hidden_dropout, self.training)
 
     def forward(
         self,
@@ -43,9 +62,9 @@ class EncoderLayer(nn.Module):
     ) -> torch.Tensor:
         # residual sums go into the branch outputs, fresh tensors, rather than new ones
         if self.layer_norm_first:
-            x = self.attention(self.layer_norm(x), key_mask, position_bias).add_(x)
+            x = self._attend(self.layer_norm(x), key_mask, position_bias).add_(x)
             return self.feed_forward(self.final_layer_norm(x)).add_(x)
-        x = self.layer_norm(self.attention(x, key_mask, position_bias).add_(x))
+        x = self.layer_norm(self._attend(x, key_mask, position_bias).add_(x))
         return self.final_layer_norm(self.feed_forward(x).add_(x))
 
 
@@ -63,6 +82,7 @@ class Encoder(nn.Module):
         self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.rel_attn_embed = RelativePositionBias(config) if config.rel_pos_buckets else None
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.hidden_dropout = 0.0  # on the transformer input, in train mode (Regularization)
 
     def embed(
         self, x: torch.Tensor, valid: torch.Tensor | None, exact: bool = True
@@ -79,7 +99,7 @@ class Encoder(nn.Module):
         x = x + self.pos_conv_embed(xt, rezero).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        return x
+        return dropout(x, self.hidden_dropout, self.training)
 
     def position_bias(self, length: int) -> torch.Tensor | None:
         return None if self.rel_attn_embed is None else self.rel_attn_embed(length)

@@ -106,7 +106,8 @@ class FeatureEncoder(nn.Module):
         first, rest = self.conv_layers[0], self.conv_layers[1:]
         out_lengths = None if lengths is None else first.out_lengths(lengths)
         norm_lengths = out_lengths if exact else None
-        if fast.applies(waveforms, self.dtype):  # the one dispatch to the fast form
+        # the one dispatch to the fast form, which serves eval mode only
+        if not self.training and fast.applies(waveforms, self.dtype):
             stack = [(layer.conv, layer.layer_norm) for layer in self.conv_layers]
             x = fast.forward(stack, waveforms, norm_lengths, self.dtype)
         else:
@@ -130,3 +131,26 @@ class FeatureEncoder(nn.Module):
         for layer in rest:
             x = layer(x)  # (B, C, T_i)
         return x.transpose(1, 2)
+
+
+class _GradMultiply(torch.autograd.Function):
+    """Identity forward; the gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient scaled by ``scale`` (fairseq's ``feature_grad_mult``:
+    0.1 in wav2vec 2.0 pretraining keeps the conv encoder's updates small; 0 detaches)."""
+    if scale == 1.0 or not x.requires_grad:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _GradMultiply.apply(x, scale)

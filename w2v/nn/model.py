@@ -6,16 +6,19 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from w2v.config import SAMPLE_RATE, CheckpointInfo, Config
-from w2v.nn.encoder import Encoder
-from w2v.nn.feature_encoder import FeatureEncoder
+from w2v.config import SAMPLE_RATE, CheckpointInfo, Config, Regularization
+from w2v.nn.encoder import Encoder, dropout
+from w2v.nn.feature_encoder import FeatureEncoder, scale_grad
 from w2v.nn.functional import frame_mask
 from w2v.nn.heads import Head, HeadConfig, build_head, run_head
 from w2v.nn.norm import LayerNorm
+from w2v.nn.pretraining import Pretraining, PretrainingConfig
 
 
 class FeatureProjection(nn.Module):
@@ -28,11 +31,34 @@ class FeatureProjection(nn.Module):
             LayerNorm(c, eps=config.layer_norm_eps) if config.feat_proj_layer_norm else None
         )
         self.projection = nn.Linear(c, config.hidden_size)
+        self.dropout = 0.0  # after the projection, in train mode (Regularization)
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) conv features → the projection's input (the quantizer's input too)."""
+        return x if self.layer_norm is None else self.layer_norm(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of :meth:`norm` (B, T, C) → (B, T, D)."""
+        return dropout(self.projection(x), self.dropout, self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        return self.projection(x)
+        return self.project(self.norm(x))
+
+
+class Encoded(NamedTuple):
+    """What :meth:`Model.encode` returns (the pretraining objectives read all of it).
+
+    * ``output`` (B, T, D): the model output (``forward``'s, before any CTC head);
+    * ``conv_features`` (B, T, C): the conv encoder's output (fairseq's feature penalty);
+    * ``features`` (B, T, C): the feature projection's input, its LayerNorm applied
+      (transformers' ``extract_features``, the quantizer's input);
+    * ``frame_lengths`` (B,): valid frames per item, or None without lengths.
+    """
+
+    output: torch.Tensor
+    conv_features: torch.Tensor
+    features: torch.Tensor
+    frame_lengths: torch.Tensor | None
 
 
 class Model(nn.Module):
@@ -49,7 +75,16 @@ class Model(nn.Module):
     ``head``: the task head of a fine-tuned checkpoint (:class:`~w2v.nn.heads.HeadConfig`),
     built as ``task_head`` (state-dict keys ``task_head.*``; not ``head``, which is the
     method that runs it). ``unused``: names of the checkpoint's weights outside the backbone
-    that w2v keeps but does not run, for messages only.
+    that w2v keeps but does not run, for messages only. ``pretraining``: the parts only
+    pretraining uses (:class:`~w2v.nn.pretraining.PretrainingConfig`: mask embedding,
+    quantizer and projections, HuBERT label embeddings), built as ``pretraining``.
+
+    Training: ``regularization`` (:class:`~w2v.config.Regularization`, read back as
+    :attr:`regularization`, changed with :meth:`set_regularization`) acts in train mode
+    only; so do ``feature_grad_mult`` (the conv features' gradient scale, fairseq's
+    option) and ``gradient_checkpointing`` (recompute each transformer layer in the
+    backward pass instead of keeping its activations). :meth:`freeze_feature_encoder`
+    stops the conv encoder's parameters from training.
     """
 
     def __init__(
@@ -59,6 +94,8 @@ class Model(nn.Module):
         head: HeadConfig | None = None,
         *,
         unused: Sequence[str] = (),
+        regularization: Regularization | None = None,
+        pretraining: PretrainingConfig | None = None,
     ):
         super().__init__()
         self.config = config
@@ -71,6 +108,61 @@ class Model(nn.Module):
         )
         self.task_head: Head | None = None if head is None else build_head(head, config)
         self.unused = tuple(unused)
+        self.pretraining: Pretraining | None = None
+        if pretraining is not None:
+            self.pretraining = Pretraining(pretraining, config)
+        self.feature_grad_mult = 1.0
+        self.gradient_checkpointing = False
+        self.set_regularization(regularization or Regularization())
+
+    # ------------------------------------------------------------------ training
+    @property
+    def regularization(self) -> Regularization:
+        """The train-mode dropouts and layer drop (:class:`~w2v.config.Regularization`)."""
+        return self._regularization
+
+    def set_regularization(self, regularization: Regularization) -> Model:
+        """Use ``regularization`` from now on (it acts in train mode only). Returns self."""
+        if not isinstance(regularization, Regularization):
+            raise TypeError(
+                f"regularization must be a w2v.config.Regularization, got "
+                f"{type(regularization).__name__}"
+            )
+        r = regularization
+        self._regularization = r
+        self.feature_projection.dropout = r.feat_proj_dropout
+        self.encoder.hidden_dropout = r.hidden_dropout
+        for layer in self.encoder.layers:
+            layer.hidden_dropout = r.hidden_dropout
+            layer.feed_forward.hidden_dropout = r.hidden_dropout
+            layer.feed_forward.activation_dropout = r.activation_dropout
+            layer.attention.dropout = r.attention_dropout
+        return self
+
+    def add_pretraining(self, pretraining: PretrainingConfig) -> Model:
+        """Give the model freshly initialised pretraining parts of ``pretraining`` (replacing
+        any it has), on its device and in its dtype. Returns self."""
+        p = self.feature_projection.projection.weight
+        self.pretraining = Pretraining(pretraining, self.config).to(device=p.device, dtype=p.dtype)
+        return self
+
+    def freeze_feature_encoder(self) -> Model:
+        """Stop training the conv feature encoder (its parameters get no gradient). Returns
+        self."""
+        for p in self.feature_extractor.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def _skip_layer(self) -> bool:
+        """One layer-drop draw: whether to skip the next layer (train mode only).
+
+        One ``torch.rand([])`` from the default CPU generator per layer, drawn before the
+        layer runs, as transformers and torchaudio do, so that with one seed they skip the
+        same layers and their dropout masks stay aligned. (transformers' WavLM alone never
+        draws for its first layer; torchaudio's does, as w2v does.)
+        """
+        p = self._regularization.layerdrop
+        return self.training and p > 0 and bool(torch.rand([]) < p)
 
     # ------------------------------------------------------------------ checkpoint info
     @property
@@ -170,14 +262,66 @@ class Model(nn.Module):
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None, exact: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """→ layer-1 input (B, T, D), valid frames (B,), key mask (B, 1, 1, T)."""
-        feats, frame_lengths = self.feature_extractor(waveforms, lengths, exact)  # (B, T, C)
-        x = self.feature_projection(feats)  # (B, T, D)
+        x, frame_lengths, key_mask, _, _ = self._stem(waveforms, lengths, exact)
+        return x, frame_lengths, key_mask
+
+    def _stem(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | None,
+        exact: bool,
+        time_mask: torch.Tensor | None = None,
+        feature_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """:meth:`_features`, and the conv features (B, T, C) and their normed form (B, T, C).
+
+        ``time_mask`` (B, T) bool: frames replaced by the mask embedding after the projection
+        (and its dropout); ``feature_mask`` (B, D) bool: channels set to 0 on every frame
+        (SpecAugment's feature masking), both as transformers applies them.
+        """
+        conv, frame_lengths = self._conv_features(waveforms, lengths, exact)  # (B, T, C)
+        normed = self.feature_projection.norm(conv)
+        x = self.feature_projection.project(normed)  # (B, T, D)
+        if time_mask is not None:
+            if self.pretraining is None:
+                raise ValueError(
+                    "time masking needs a mask embedding, and this model has none; give it "
+                    "one with model.add_pretraining(PretrainingConfig(objective='mask'))"
+                )
+            x = self.pretraining.mask(x, time_mask)
+        if feature_mask is not None:
+            x = x.masked_fill(feature_mask[:, None, :], 0.0)
         valid = key_mask = None
         if frame_lengths is not None:
             valid = frame_mask(frame_lengths, x.shape[1])  # (B, T)
             key_mask = valid[:, None, None, :]
         x = self.encoder.embed(x, valid, exact)
-        return x, frame_lengths, key_mask
+        return x, frame_lengths, key_mask, conv, normed
+
+    def _conv_features(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None, exact: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conv features (B, T, C), their gradient scaled by ``feature_grad_mult`` in train
+        mode (0: computed without a graph, as fairseq does)."""
+        mult = self.feature_grad_mult if self.training else 1.0
+        if mult == 0.0:
+            with torch.no_grad():
+                return self.feature_extractor(waveforms, lengths, exact)
+        feats, frame_lengths = self.feature_extractor(waveforms, lengths, exact)
+        return scale_grad(feats, mult), frame_lengths
+
+    def _layer(
+        self,
+        layer: nn.Module,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One transformer layer, recomputed in the backward pass under gradient
+        checkpointing (its random numbers replayed, so the gradients are unchanged)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, x, key_mask, bias, use_reentrant=False)
+        return layer(x, key_mask, bias)
 
     def _run(
         self,
@@ -201,15 +345,49 @@ class Model(nn.Module):
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         # the part that :meth:`compile` hands to torch.compile; input checks stay eager
         x, frame_lengths, key_mask = self._features(waveforms, lengths, exact)
+        states, x = self._transformer(x, key_mask, depth, keep)
+        return states, x, frame_lengths
+
+    def _transformer(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, depth: int, keep: frozenset[int]
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """Layers 1..depth on the layer-1 input x (B, T, D): the states whose index is in
+        ``keep``, and the last one."""
         states = {0: x} if 0 in keep else {}
         bias = self.encoder.position_bias(x.shape[1]) if depth > 0 else None
         for i, layer in enumerate(self.encoder.layers[:depth], start=1):
-            x = layer(x, key_mask, bias)
+            # a layer skipped by layer drop (train mode) passes its input on: state i is
+            # then state i - 1, so every index asked for is returned
+            if not self._skip_layer():
+                x = self._layer(layer, x, key_mask, bias)
             if i in keep:
                 states[i] = x
-        return states, x, frame_lengths
+        return states, x
 
     # ------------------------------------------------------------------ public
+    def encode(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+        *,
+        time_mask: torch.Tensor | None = None,
+        feature_mask: torch.Tensor | None = None,
+        exact: bool = True,
+    ) -> Encoded:
+        """The whole model with masking, for training objectives (:class:`Encoded`).
+
+        ``time_mask`` (batch, frames) bool: frames replaced by the mask embedding (needs
+        pretraining parts, see :meth:`add_pretraining`); ``feature_mask`` (batch, dim)
+        bool: channels zeroed on every frame. Without masks, ``output`` equals
+        :meth:`forward`'s output before any CTC head.
+        """
+        waveforms, lengths = self._check_input(waveforms, lengths)
+        x, frame_lengths, key_mask, conv, normed = self._stem(
+            waveforms, lengths, exact, time_mask, feature_mask
+        )
+        _, x = self._transformer(x, key_mask, self.config.num_layers, frozenset())
+        return Encoded(self.encoder.finish(x), conv, normed, frame_lengths)
+
     def compile(self, **kwargs) -> Model:
         """Compile the computation with :func:`torch.compile` (``dynamic=True`` by default,
         so new input lengths do not recompile); input checks stay eager. Returns self."""
