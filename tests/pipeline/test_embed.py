@@ -336,6 +336,8 @@ def test_written_entries_have_exactly_the_schema_fields(tmp_path):
         "format": "npy",
         "model": "Model",
         "dtype": "float32",
+        "backend": "torch",
+        "dtype_out": "float32",
         "channel": None,
         "head": None,
         "labels": None,

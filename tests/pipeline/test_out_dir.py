@@ -3,6 +3,7 @@ records about windows, and file modes that follow the umask."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -11,7 +12,7 @@ import pytest
 from tests.pipeline.cli_runs import manifest_lines, run_cli, write_audio
 from w2v.errors import UsageError
 from w2v.pipeline import embed_files
-from w2v.pipeline.outputs import LOCK, MANIFEST, read_manifest
+from w2v.pipeline.outputs import LATER_SETTINGS, LOCK, MANIFEST, read_manifest
 
 
 def test_other_settings_are_refused_or_replaced_whole(tmp_path, ckpt):
@@ -38,6 +39,25 @@ def test_other_settings_are_refused_or_replaced_whole(tmp_path, ckpt):
     entries = manifest_lines(out)
     assert len(entries) == 3 and {e["format"] for e in entries} == {"safetensors"}
     assert all((out / e["output"]).is_file() for e in entries)
+
+
+def test_a_directory_made_before_later_settings_existed_still_resumes(tmp_path, ckpt):
+    # entries written before ``backend`` and ``dtype_out`` existed lack them: they read as
+    # the values those runs used, so the rerun skips them instead of refusing the directory
+    root = tmp_path / "in"
+    for i in range(2):
+        write_audio(root / f"f{i}.wav", seed=i)
+    out = tmp_path / "out"
+    assert embed_files([root], ckpt, out).ok == 2
+    lines = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    for entry in lines:
+        for name in LATER_SETTINGS:
+            del entry[name]
+    (out / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in lines))
+    again = embed_files([root], ckpt, out)
+    assert (again.ok, again.skipped) == (0, 2)
+    with pytest.raises(UsageError, match='dtype_out: "float32" there, "float16" now'):
+        embed_files([root], ckpt, out, dtype_out="float16")
 
 
 def test_the_manifest_records_the_windows_actually_used(tmp_path, ckpt):

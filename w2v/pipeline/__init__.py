@@ -12,6 +12,12 @@ Data flows one way, one module per step:
 * :mod:`~w2v.pipeline.stream`: the model on each batch, item-by-item fallback, long inputs;
 * :mod:`~w2v.pipeline.pooling`: mean / stats / frames over valid frames only;
 * :mod:`~w2v.pipeline.outputs`: output files, the manifest and its schema, resume;
+* :mod:`~w2v.pipeline.parquet`: ``--format parquet``, many inputs' rows per file;
+* :mod:`~w2v.pipeline.shards`: which shard a process is (flags, torchrun, SLURM) and which
+  whole batches of the run's plan it computes;
+* :mod:`~w2v.pipeline.merge`: shard manifests and ``w2v merge``;
+* :mod:`~w2v.pipeline.ray_data`: the Ray Data callable :class:`EmbedBatch` and
+  ``--engine ray``;
 * :mod:`~w2v.pipeline.head`: ``--head``: a fine-tuned head's outputs for each input;
 * :mod:`~w2v.pipeline.files`: :func:`embed_files` (``w2v embed``), progress, summary;
 * :mod:`~w2v.pipeline.in_memory`: :func:`embed` (``w2v.embed``), paths or arrays in, arrays
@@ -37,9 +43,12 @@ from w2v.pipeline.files import Progress, Summary, embed_files
 from w2v.pipeline.in_memory import Embeddings, embed
 from w2v.pipeline.inputs import LIST_EXTENSIONS, Input, collect_inputs, expand
 from w2v.pipeline.layers import LayerSpec, parse_layers, resolve_layers
+from w2v.pipeline.merge import merge_shards
+from w2v.pipeline.ray_data import EmbedBatch
 
 __all__ = [
     "LIST_EXTENSIONS",
+    "EmbedBatch",
     "Embeddings",
     "Input",
     "LayerSpec",
@@ -49,6 +58,7 @@ __all__ = [
     "embed",
     "embed_files",
     "expand",
+    "merge_shards",
     "parse_layers",
     "resolve_layers",
 ]

@@ -61,6 +61,7 @@ def embed(
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
     compile: bool = False,
     errors: str = "raise",
+    backend: str = "torch",
 ) -> Embeddings:
     """Embed audio files or in-memory waveforms; no files written.
 
@@ -87,6 +88,7 @@ def embed(
     :data:`~w2v.longform.AUTO_CHUNK_SECONDS`, with a warning; 0 never chunks.
     compile: run the model through :func:`torch.compile` (faster after a slow
     first call; worth it for many inputs).
+    backend: ``"torch"`` or ``"onnxruntime"`` (see :func:`w2v.load`).
     errors: ``"raise"`` (default) raises :class:`w2v.errors.AudioError` naming the
     first bad item met (a missing or unreadable file, audio too short, a rate
     out of bounds, a model failure on that item) and returns nothing;
@@ -126,7 +128,7 @@ def embed(
     runnable = [i for i, it in enumerate(items) if isinstance(it.source, Source)]
     results: list[np.ndarray | None] = [None] * len(items)
     if runnable:
-        model = load_model(model, device=device, dtype=dtype, compile=compile)
+        model = load_model(model, device=device, dtype=dtype, compile=compile, backend=backend)
         layer_idx = resolve_layers(layers, model.config.num_layers)
         sources = [items[i].source for i in runnable]
         files = [s for s in sources if s.path is not None]

@@ -12,7 +12,10 @@ Layout of the output directory ``DIR``:
 * ``safetensors``: one float32 tensor per layer named by its index (``"0"``,
   ``"6"``, ``"12"``), each ``(dim,)`` pooled or ``(frames, dim)`` unpooled; the
   file metadata records ``layers`` (JSON list) and ``pool``.
-* ``DIR/manifest.jsonl``: one JSON object per input (fields in :data:`ENTRY_SCHEMA`).
+* ``parquet``: rows of many inputs per file under ``DIR/parquet`` (:mod:`w2v.pipeline.parquet`).
+* arrays are stored float32, or float16 with ``dtype_out`` (:data:`DTYPES_OUT`).
+* ``DIR/manifest.jsonl``: one JSON object per input (fields in :data:`ENTRY_SCHEMA`), sorted
+  by path; a shard of a run writes its own (:mod:`w2v.pipeline.merge`).
 
 Head outputs (``w2v embed --head``) go into the safetensors file beside the layers, float32,
 computed in the same batched pass as the layers (equal to the head run on the input
@@ -91,7 +94,12 @@ try:
 except ImportError:  # not POSIX: runs are not locked
     fcntl = None
 
-FORMATS = {"npy": ".npy", "safetensors": ".safetensors"}
+FORMATS = {"npy": ".npy", "safetensors": ".safetensors", "parquet": ".parquet"}
+"""Output formats and the suffix of their files. ``npy`` and ``safetensors`` write one file
+per input; ``parquet`` writes rows of many inputs per file (:mod:`w2v.pipeline.parquet`)."""
+PER_FILE_FORMATS = ("npy", "safetensors")
+DTYPES_OUT = ("float32", "float16")
+"""Value types of the stored arrays (``--dtype-out``); float16 halves the disk."""
 HEAD_OUTPUTS = ("logits", "embeddings")
 """Tensor names a head's outputs take in a safetensors output file."""
 MANIFEST = "manifest.jsonl"
@@ -121,9 +129,11 @@ ENTRY_SCHEMA = (
     Field("frames", False, "model frames of the output (pooled over, or the frame axis)"),
     Field("layers", True, "layer indices stored, in order"),
     Field("pool", True, '"mean" | "stats" | "none"'),
-    Field("format", True, '"npy" | "safetensors"'),
+    Field("format", True, '"npy" | "safetensors" | "parquet"'),
     Field("model", True, "the model as given: a path made absolute, a hub id, or an object's name"),
     Field("dtype", True, 'compute dtype ("float32", "bfloat16", "float16")'),
+    Field("backend", True, 'what computed the model: "torch" or "onnxruntime"'),
+    Field("dtype_out", True, 'stored value type ("float32", "float16")'),
     Field("channel", True, "channel picked, or null for the mean of all channels"),
     Field("head", True, "head kind written beside the layers (--head), or null"),
     Field("labels", True, "names of the head's logits columns in order, or null"),
@@ -136,6 +146,11 @@ ENTRY_SCHEMA = (
 ENTRY_FIELDS = tuple(f.name for f in ENTRY_SCHEMA)
 SETTINGS = tuple(f.name for f in ENTRY_SCHEMA if f.setting)
 """Entry fields that every entry of one DIR shares: a run with other values is refused."""
+
+LATER_SETTINGS = {"backend": "torch", "dtype_out": "float32"}
+"""Settings added after entries were first written, with the value every earlier run used:
+an entry without one reads as that value, so output directories made before it existed
+still resume."""
 
 
 def make_settings(**values: Any) -> dict[str, Any]:
@@ -172,6 +187,15 @@ def check_head_format(fmt: str) -> None:
         )
 
 
+def check_dtype_out(dtype_out: str) -> str:
+    """``dtype_out`` when it is one of :data:`DTYPES_OUT`, else :class:`UsageError`."""
+    if dtype_out not in DTYPES_OUT:
+        raise UsageError(
+            f"unknown output dtype {shown(str(dtype_out), 40)}; valid: {', '.join(DTYPES_OUT)}"
+        )
+    return dtype_out
+
+
 def output_name(key: str, fmt: str) -> str:
     """``sub/a.flac`` → ``sub/a.flac.npy``."""
     return key + FORMATS[check_format(fmt)]
@@ -184,27 +208,61 @@ def write_output(
     pool: str,
     fmt: str,
     head: tuple[str, dict[str, np.ndarray]] | None = None,
+    dtype_out: str = "float32",
 ) -> Path:
-    """Write one input's embeddings ``(layers, ...)`` as ``fmt``, atomically; ``head``:
-    ``(kind, {"logits": ..., ...})`` written beside them (safetensors only)."""
-    check_format(fmt)
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    """Write one input's embeddings ``(layers, ...)`` as ``fmt`` (a per-file format),
+    atomically, stored as ``dtype_out``; ``head``: ``(kind, {"logits": ..., ...})`` written
+    beside them, float32 (safetensors only)."""
+    if check_format(fmt) not in PER_FILE_FORMATS:
+        raise ValueError(f"{fmt} is not a per-file format; see w2v.pipeline.parquet")
+    array = np.ascontiguousarray(array, dtype=check_dtype_out(dtype_out))
     if array.shape[0] != len(layers):
         raise ValueError(f"array has {array.shape[0]} layers, expected {len(layers)}")
     if fmt == "npy":
         if head is not None:
             raise ValueError("npy output holds the layers only; head outputs need safetensors")
         return atomic_write_file(path, lambda f: np.save(f, array, allow_pickle=False))
-    from safetensors.numpy import save
-
     tensors = {str(layer): np.ascontiguousarray(array[i]) for i, layer in enumerate(layers)}
     metadata = {"layers": json.dumps(layers), "pool": pool}
     if head is not None:
         kind, outputs = head
         tensors.update({k: np.ascontiguousarray(v, np.float32) for k, v in outputs.items()})
         metadata["head"] = kind
-    blob = save(tensors, metadata=metadata)
+    blob = safetensors_bytes(tensors, metadata)
     return atomic_write_file(path, lambda f: f.write(blob))
+
+
+_SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The safetensors file holding ``tensors`` (float32 or float16, in this order) and
+    ``metadata``, the same bytes for the same arrays every time: the ``safetensors``
+    library writes its metadata in hash-map order, which differs from call to call, and
+    sharded runs are compared with single runs byte for byte.
+
+    Layout (the format's specification): an 8-byte little-endian header length, the JSON
+    header (``__metadata__``, then per tensor its dtype, shape and byte range in the data),
+    padded with spaces to a multiple of 8 bytes, then the tensors' bytes one after another.
+    """
+    header: dict[str, Any] = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}}
+    offset = 0
+    for name, t in tensors.items():
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
+        offset += t.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return b"".join(
+        [
+            len(text).to_bytes(8, "little"),
+            text,
+            *(t.astype(t.dtype.newbyteorder("<")).tobytes() for t in tensors.values()),
+        ]
+    )
 
 
 def read_output(path: str | os.PathLike) -> np.ndarray:
@@ -235,19 +293,22 @@ def read_head_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_manifest(
-    out_dir: str | os.PathLike, notice: Callable[[str], None] | None = None
+    out_dir: str | os.PathLike,
+    notice: Callable[[str], None] | None = None,
+    name: str = MANIFEST,
 ) -> dict[str, dict[str, Any]]:
-    """Entries of ``DIR/manifest.jsonl`` by input path, the last line for a path winning.
+    """Entries of ``DIR/manifest.jsonl`` (or the manifest ``name``, such as a shard's) by
+    input path, the last line for a path winning.
 
     The file is read line by line as bytes and each line decoded on its own; a line
     that is not a JSON object in UTF-8 (a run killed mid-line, a line cut inside a
     character), is longer than :data:`MAX_MANIFEST_LINE`, or whose fields do not have
     the schema's types (:func:`is_entry`) is dropped, and ``notice`` told so. An ``ok``
-    entry whose output file a later entry for another path also claims is dropped: that
-    file now holds the later input. :class:`UsageError` when the manifest is not a
+    entry whose per-file output a later entry for another path also claims is dropped: that
+    file now holds the later input (a parquet part holds many). :class:`UsageError` when the manifest is not a
     regular file (a directory, a symbolic link, a device).
     """
-    path = Path(out_dir) / MANIFEST
+    path = Path(out_dir) / name
     entries: dict[str, dict[str, Any]] = {}
     try:
         fd = open_regular(path, os.O_RDONLY)
@@ -273,14 +334,16 @@ def read_manifest(
             f"(line {', '.join(map(str, dropped[:5]))}{', ...' if len(dropped) > 5 else ''}); "
             "the inputs they recorded are computed again"
         )
+    # a per-file output holds one input; a parquet part holds many
+    owned = tuple(FORMATS[f] for f in PER_FILE_FORMATS)
     owner: dict[str, str] = {}
     for p, e in entries.items():
-        if e.get("status") == "ok" and e.get("output"):
+        if e.get("status") == "ok" and e.get("output") and e["output"].endswith(owned):
             owner[e["output"]] = p
     return {
         p: e
         for p, e in entries.items()
-        if not (e.get("status") == "ok" and e.get("output") and owner[e["output"]] != p)
+        if e.get("status") != "ok" or owner.get(e.get("output"), p) == p
     }
 
 
@@ -352,7 +415,7 @@ def is_done(
         return False
     if output is not None and entry["output"] != output:
         return False
-    if any(entry.get(k) != v for k, v in settings.items()):
+    if any(held_setting(entry, k) != v for k, v in settings.items()):
         return False
     if chunking is not None:
         done = entry.get("chunk_seconds"), entry.get("context_seconds")
@@ -362,14 +425,20 @@ def is_done(
     return (Path(out_dir) / entry["output"]).is_file()
 
 
+def held_setting(entry: dict[str, Any], name: str) -> Any:
+    """The value of setting ``name`` ``entry`` was made with (see :data:`LATER_SETTINGS`)."""
+    return entry.get(name, LATER_SETTINGS.get(name))
+
+
 def settings_mismatch(entries: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list[str]:
     """One ``"name: A there, B now"`` per setting some entry holds with another value."""
     out = []
     for name, value in settings.items():
         there = []
         for e in entries.values():
-            if e.get(name) != value and e.get(name) not in there:
-                there.append(e.get(name))
+            held = held_setting(e, name)
+            if held != value and held not in there:
+                there.append(held)
         if there:
             old = " / ".join(shown(json.dumps(v), 60) for v in there[:3])
             out.append(f"{name}: {old} there, {shown(json.dumps(value), 60)} now")
@@ -410,7 +479,8 @@ def is_out_of_space(e: OSError) -> bool:
 
 
 class ManifestWriter:
-    """Appends entries to ``DIR/manifest.jsonl`` during a run; :meth:`close` compacts it.
+    """Appends entries to ``DIR/manifest.jsonl`` (or the manifest ``name``) during a run;
+    :meth:`close` compacts it.
 
     Each entry is one unbuffered ``write`` of one line, so a killed run (or a
     full disk) leaves at most a torn last line, which :func:`read_manifest` drops.
@@ -418,8 +488,8 @@ class ManifestWriter:
     :class:`UsageError` when the manifest is not a regular file (see :func:`open_regular`).
     """
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
-        self.path = Path(out_dir) / MANIFEST
+    def __init__(self, out_dir: str | os.PathLike, name: str = MANIFEST) -> None:
+        self.path = Path(out_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._file = os.fdopen(fd, "ab", buffering=0)
@@ -435,12 +505,18 @@ class ManifestWriter:
     def append(self, entry: dict[str, Any]) -> None:
         self._write(_dumps(entry).encode("utf-8"))
 
+    def append_many(self, entries: list[dict[str, Any]]) -> None:
+        """Several entries in one ``write`` (a parquet part's: all of them or, killed, none;
+        a full disk may still tear it, which the next run notices)."""
+        if entries:
+            self._write("".join(_dumps(e) for e in entries).encode("utf-8"))
+
     def close(self, compact: bool = True) -> None:
         if self._file.closed:
             return
         self._file.close()
         if compact:
-            compact_manifest(self.path.parent)
+            compact_manifest(self.path.parent, self.path.name)
 
     def __enter__(self) -> ManifestWriter:
         return self
@@ -449,19 +525,27 @@ class ManifestWriter:
         self.close()
 
 
-def write_manifest(out_dir: str | os.PathLike, entries: dict[str, dict[str, Any]]) -> Path:
-    """Replace ``DIR/manifest.jsonl`` atomically with ``entries``, one line each."""
-    data = "".join(_dumps(e) for e in entries.values()).encode("utf-8")
-    return atomic_write_file(Path(out_dir) / MANIFEST, lambda f: f.write(data))
+def write_manifest(
+    out_dir: str | os.PathLike, entries: dict[str, dict[str, Any]], name: str = MANIFEST
+) -> Path:
+    """Replace ``DIR/manifest.jsonl`` (or the manifest ``name``) atomically with
+    ``entries``, one line each, sorted by path: the same entries give the same file, however
+    the run was batched or sharded."""
+    data = "".join(_dumps(entries[p]) for p in sorted(entries)).encode("utf-8")
+    return atomic_write_file(Path(out_dir) / name, lambda f: f.write(data))
 
 
-def compact_manifest(out_dir: str | os.PathLike) -> Path:
-    """Rewrite ``DIR/manifest.jsonl`` atomically with exactly one line per input."""
-    return write_manifest(out_dir, read_manifest(out_dir))
+def compact_manifest(out_dir: str | os.PathLike, name: str = MANIFEST) -> Path:
+    """Rewrite ``DIR/manifest.jsonl`` (or the manifest ``name``) atomically with exactly one
+    line per input."""
+    return write_manifest(out_dir, read_manifest(out_dir, name=name), name)
 
 
 class OutputLock:
-    """An exclusive ``flock`` on ``DIR/.w2v-embed.lock`` for the length of a run.
+    """An exclusive ``flock`` on ``DIR/.w2v-embed.lock`` (or the lock file ``name``) for the
+    length of a run; ``shared``: a shared one instead, which the shards of one run hold
+    together (each also holding its own shard's lock exclusively) and which keeps out a
+    whole run or ``w2v merge``.
 
     :meth:`acquire` raises :class:`UsageError` naming the run that holds it, or saying why
     the lock file cannot be opened (DIR read-only, the lock file not a regular file). The
@@ -470,8 +554,9 @@ class OutputLock:
     system without ``fcntl``, or a file system that cannot lock, runs are not locked.
     """
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
-        self.path = Path(out_dir) / LOCK
+    def __init__(self, out_dir: str | os.PathLike, name: str = LOCK, shared: bool = False) -> None:
+        self.path = Path(out_dir) / name
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
@@ -482,7 +567,7 @@ class OutputLock:
         except OSError as e:  # a read-only or vanished DIR
             raise UsageError(f"cannot write {shown(str(self.path))}: {one_line(e)}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
@@ -495,9 +580,16 @@ class OutputLock:
             return self
         self._fd = fd
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        try:  # who holds it, for the message another run shows; a full disk may refuse it
+        # who holds it, for the message another run shows; many shards hold a shared lock
+        # at once, so they all write the same words
+        text = (
+            "the shards of a sharded run\n"
+            if self.shared
+            else (f"pid {os.getpid()} on {socket.gethostname()}, started {stamp}\n")
+        )
+        try:  # a full disk may refuse it
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {stamp}\n".encode())
+            os.write(fd, text.encode())
         except OSError:
             pass
         return self

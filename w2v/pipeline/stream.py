@@ -238,6 +238,7 @@ def stream(
     notice: Callable[[str], None],
     clock: Clock | None = None,
     head: HeadSpec | None = None,
+    plan: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[tuple[int, Result | Exception, AudioInfo | None]]:
     """Yield ``(source index, (array, frames) or the exception, decoded AudioInfo or None)``.
 
@@ -246,7 +247,9 @@ def stream(
     ``notice`` saying so; with ``head`` (each result then carries the head's outputs)
     they are errors instead. ``batch_seconds`` None: the device's default.
     ``clock`` (optional) accumulates the model's time and the time spent waiting
-    for decoded audio.
+    for decoded audio. ``plan``: the batches to run (lists of source indices, see
+    :func:`~w2v.pipeline.batching.plan_batches`), when the caller made the plan itself (a
+    shard runs some batches of the whole run's plan); default: a plan of every source.
     """
     clock = clock or Clock()
     normalize_input = bool(getattr(model, "normalize", False))
@@ -270,7 +273,8 @@ def stream(
 
     if batch_seconds is None:
         batch_seconds = default_batch_seconds(placement(model)[0])
-    plan = plan_batches([s.samples_16k for s in sources], batch_seconds)
+    if plan is None:
+        plan = plan_batches([s.samples_16k for s in sources], batch_seconds)
     decoded = prefetch(plan, load, workers=workers)
     try:
         for batch in plan:
