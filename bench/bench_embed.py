@@ -51,7 +51,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import SIZES, machine_description, matmul_peak, median, model_flops
+from bench.common import (
+    SIZES,
+    loadavg,
+    machine_description,
+    matmul_peak,
+    median,
+    model_flops,
+    ort_matmul_peak,
+)
 
 RATES = (8000, 16000, 22050, 44100, 48000)
 
@@ -105,7 +113,9 @@ def flop_bound(files: list[Path], model_dir: Path, device: str) -> tuple[float, 
     flops = 0.0
     for f in files:
         flops += model_flops(config, 1, probe(f).samples_16k, winograd=device == "cpu")
-    return flops, matmul_peak(torch.float32, device)
+    # the best GEMM this machine offers: ONNX Runtime's MLAS can be twice torch.mm (RESULTS.md)
+    peak = matmul_peak(torch.float32, device)
+    return flops, max(peak, ort_matmul_peak()) if device == "cpu" else peak
 
 
 # Model -----------------------------------------------------------------------------
@@ -171,6 +181,11 @@ def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -
             return ["env", f"W2V_ALLOCATOR={mode}"] + side_command(
                 side.replace(tag, ""), list_file, model_dir, out, args
             )
+    if side.startswith("w2v-ort"):  # the graph exported once before the timed runs
+        return side_command("w2v:float32", list_file, onnx_graph(model_dir), out, args) + [
+            "--backend",
+            "onnxruntime",
+        ]
     if side.startswith("w2v"):
         cmd = [sys.executable, "-m", "w2v.cli", "embed", str(list_file), "--model", str(model_dir)]
         cmd += ["--out", str(out), "--layers", args.layers, "--pool", "mean", "--quiet"]
@@ -183,6 +198,11 @@ def side_command(side: str, list_file: Path, model_dir: Path, out: Path, args) -
     cmd = [sys.executable, "-m", "bench.bench_embed", "--side", side, "--list", str(list_file)]
     cmd += ["--model-dir", str(model_dir), "--side-out", str(out), "--layers", args.layers]
     return cmd + ["--device", args.device]
+
+
+def onnx_graph(model_dir: Path) -> Path:
+    """Where the w2v-ort side's graph (``w2v export --onnx``) of ``model_dir`` lies."""
+    return model_dir.parent / "model.onnx"
 
 
 def output_file(side: str, out: Path, f: Path, list_file: Path) -> Path:
@@ -244,6 +264,7 @@ LABELS = {
     "w2v:bfloat16": "w2v embed --dtype bfloat16",
     "w2v-tuned:float32": "w2v embed, W2V_ALLOCATOR=reuse",
     "w2v-glibc:float32": "w2v embed, W2V_ALLOCATOR=glibc",
+    "w2v-ort:float32": "w2v embed --backend onnxruntime (graph exported once, beforehand)",
 }
 
 
@@ -261,7 +282,7 @@ def main() -> None:
     ap.add_argument(
         "--sides",
         nargs="+",
-        default=["transformers", "w2v:float32"],
+        default=["transformers", "w2v:float32", "w2v-ort:float32"],
         choices=list(LABELS),
         help="pipelines to time (w2v:DTYPE runs `w2v embed --dtype DTYPE`)",
     )
@@ -273,6 +294,7 @@ def main() -> None:
         "--no-bound", action="store_true", help="skip the fp32 FLOP bound (counts + matmul peak)"
     )
     # internal: one transformers run in this process
+    ap.add_argument("--quick", action="store_true", help="40 files of 1-10 s")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -284,6 +306,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     layers = [int(x) for x in args.layers.split(",")]
+    if args.quick:
+        args.files, args.max_seconds = 40, 10.0
     if args.side:
         files = [Path(line) for line in args.list.read_text().splitlines() if line]
         run_transformers(
@@ -308,6 +332,12 @@ def main() -> None:
         model_dir = build(args.size, tmp / "model")
         list_file = tmp / "files.txt"
         list_file.write_text("".join(f"{f}\n" for f in files))
+        if any(side.startswith("w2v-ort") for side in args.sides):
+            start = time.perf_counter()
+            export = [sys.executable, "-m", "w2v.cli", "export", "--onnx", str(model_dir)]
+            subprocess.run([*export, str(onnx_graph(model_dir))], check=True)
+            print(f"w2v export --onnx: {time.perf_counter() - start:.1f} s (once, not timed below)")
+        print(loadavg(), flush=True)
 
         times: dict[str, list[float]] = {side: [] for side in args.sides}
         rss: dict[str, float] = dict.fromkeys(args.sides, 0.0)
@@ -331,7 +361,7 @@ def main() -> None:
     n = len(files)
     base = median(times[first])
     lines = [
-        f"Machine: {machine_description(args.device)}",
+        f"Machine: {machine_description(args.device)}; {loadavg()} at the end",
         f"Corpus: {n} files, {args.min_seconds:g}-{args.max_seconds:g} s "
         f"({seconds:.0f} s of audio), rates {'/'.join(str(r) for r in RATES)} Hz, "
         f"wav+flac, ~1/4 stereo; model: random-init wav2vec2-{args.size}, layers {args.layers}, "

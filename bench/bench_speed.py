@@ -1,21 +1,30 @@
-"""w2v vs transformers, side by side in one process on the same weights and inputs.
+"""w2v vs transformers vs ONNX Runtime, side by side in one process on the same weights.
 
-For each case (model size, dtype, batch, clip length) both implementations run
-alternately; the table reports audio seconds processed per second, peak memory
-above the pre-call level, max |difference| of the final output, and the fraction
-of this machine's measured matmul peak that w2v achieves (counting the FLOPs w2v
-performs: in fp32 on a CPU its kernel-3 / stride-2 convs use F(3, 2), 7/9 of the
-direct products).
+For each case (model size, batch, clip length) every side runs alternately on the same
+input; the table gives audio seconds processed per second, the speed-up over
+transformers fp32 of the same case, peak memory above the pre-call level, the fraction
+of the machine's best measured fp32 matmul peak (the larger of torch's and ONNX
+Runtime's), max |difference| of the last layer to transformers fp32, and for reduced
+precision the lowest cosine similarity to its own fp32 run over every layer and frame.
 
-    python -m bench.bench_speed                       # the full matrix (long on 2 CPU cores)
-    python -m bench.bench_speed --sizes base --seconds 10 --batches 1 --reps 2
-    python -m bench.bench_speed --device cuda         # the same on a GPU
+Sides (``--sides``; per precision, ``--dtypes``):
+
+* fp32: ``transformers`` (``attn_implementation="sdpa"``), ``w2v`` (PyTorch),
+  ``w2v-ort`` (``w2v.load(..., backend="onnxruntime")``: w2v's own graph, fused attention,
+  exact mode), ``transformers-ort`` (transformers' model through the legacy
+  ``torch.onnx.export`` and ONNX Runtime with every graph optimisation);
+* bf16: transformers under ``torch.autocast``, w2v as a bf16 model (norms in fp32);
+  ONNX Runtime's CPU provider has no bf16 matrix products, so no ORT side;
+* int8: dynamic int8 quantisation of the Linear layers (weights int8, activations
+  quantised per call): ``torch.ao.quantization.quantize_dynamic`` for the PyTorch sides,
+  ``onnxruntime.quantization.quantize_dynamic`` (MatMul) for the ORT sides.
+
+    python -m bench.bench_speed                  # the full matrix (long on 2 CPU cores)
+    python -m bench.bench_speed --quick          # base, batch 1, 10 s, fp32 and int8
+    python -m bench.bench_speed --sizes base --seconds 10 --batches 1 8 --reps 3
     python -m bench.bench_speed --out bench/RESULTS.md
 
-transformers runs with attn_implementation="sdpa"; its bf16 runs use
-torch.autocast(bfloat16) on fp32 weights, w2v's bf16 runs a bf16 model whose
-norms compute in fp32. With --compile, w2v is also timed under torch.compile
-(compilation happens in the warm-up call and is not timed).
+With --compile, w2v is also timed under torch.compile (compiled in the warm-up call).
 """
 
 from __future__ import annotations
@@ -24,20 +33,31 @@ import argparse
 import gc
 import sys
 import tempfile
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import w2v
 from bench.common import (
     SIZES,
+    loadavg,
     machine_description,
     matmul_peak,
     median,
     model_flops,
+    ort_matmul_peak,
     timed,
 )
+from w2v.onnx import OnnxModel, save_onnx
+
+SIDES = ("transformers", "w2v", "w2v-ort", "transformers-ort")
+DTYPES = ("fp32", "bf16", "int8")
+Runner = Callable[[torch.Tensor], list[torch.Tensor]]
+"""(batch, samples) → every layer's states, 0..N (transformers' ``hidden_states``)."""
 
 
 def build(size: str, workdir: Path):
@@ -53,83 +73,197 @@ def build(size: str, workdir: Path):
     return ref, path
 
 
-def cosine_per_layer(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+def ort_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_transformers(ref, path: Path) -> Path:
+    """transformers' model, every hidden state as an output, through the legacy exporter
+    (the faster of the two exporters for it, see bench/RESULTS.md)."""
+
+    class States(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x, output_hidden_states=True).hidden_states
+
+    n = ref.config.num_hidden_layers + 1
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            States(ref).eval(),
+            (torch.randn(1, 16000),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=[f"h{i}" for i in range(n)],
+            dynamic_axes={"x": {0: "batch", 1: "samples"}},
+            opset_version=17,
+        )
+    return path
+
+
+def quantize_onnx(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+    )
+    return dst
+
+
+def quantize_torch(model: torch.nn.Module) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def runners(size, dtypes, sides, ref, path, tmp, threads, compile) -> dict[tuple[str, str], Runner]:
+    """(side, dtype) → runner, for the sides and dtypes asked that exist."""
+    import copy
+
+    out: dict[tuple[str, str], Runner] = {}
+    n = ref.config.num_hidden_layers
+
+    def hf(model, autocast=False):
+        def run(x):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                return list(model(x, output_hidden_states=True).hidden_states)
+
+        return run
+
+    def ours(model):
+        def run(x):
+            with torch.inference_mode():
+                return model.hidden_states(x)[0]
+
+        return run
+
+    def session_runner(session):
+        def run(x):
+            outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            return [torch.from_numpy(a) for a in outs[: n + 1]]
+
+        return run
+
+    fp32 = w2v.load(path, device="cpu")
+    for dtype in dtypes:
+        if "transformers" in sides:
+            model = {"fp32": ref, "bf16": ref, "int8": None}[dtype]
+            if dtype == "int8":
+                model = quantize_torch(copy.deepcopy(ref))
+            out["transformers", dtype] = hf(model, autocast=dtype == "bf16")
+        if "w2v" in sides:
+            model = {"fp32": fp32, "bf16": None, "int8": None}[dtype]
+            if dtype == "bf16":
+                model = w2v.load(path, dtype=torch.bfloat16)
+            if dtype == "int8":
+                model = quantize_torch(w2v.load(path))
+            out["w2v", dtype] = ours(model)
+            if compile and dtype != "int8":
+                out["w2v-compiled", dtype] = ours(
+                    w2v.load(path, dtype=torch.bfloat16 if dtype == "bf16" else None).compile()
+                )
+        if dtype == "bf16":
+            continue  # ONNX Runtime's CPU provider computes no bf16 products
+        if "w2v-ort" in sides:
+            graph = tmp / f"{size}-w2v.onnx"
+            if not graph.exists():
+                t = time.perf_counter()
+                save_onnx(fp32, graph)
+                print(f"({size}: w2v export --onnx took {time.perf_counter() - t:.0f} s)")
+            if dtype == "int8":
+                graph = quantize_onnx(graph, tmp / f"{size}-w2v-int8.onnx")
+            model = OnnxModel.from_file(graph, threads=threads)
+            out["w2v-ort", dtype] = ours(model)
+        if "transformers-ort" in sides:
+            graph = tmp / f"{size}-hf.onnx"
+            if not graph.exists():
+                export_transformers(ref, graph)
+            if dtype == "int8":
+                graph = quantize_onnx(graph, tmp / f"{size}-hf-int8.onnx")
+            out["transformers-ort", dtype] = session_runner(ort_session(graph, threads))
+    return out
+
+
+def min_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Lowest cosine similarity over every layer and frame."""
     return min(
-        torch.nn.functional.cosine_similarity(x.float().flatten(1), y.float().flatten(1), dim=-1)
-        .min()
-        .item()
+        torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1).min().item()
         for x, y in zip(a, b, strict=True)
     )
 
 
-def run_case(ref, variants, config, dtype, batch, seconds, reps, device, peaks, min_time=0.0):
-    """variants: name → model for this dtype ("w2v", optionally "compiled", and "fp32" for cos)."""
-    x = torch.randn(batch, int(seconds * 16000), device=device) * 0.1
-    cpu = x.device.type == "cpu"
-    autocast = torch.autocast(
-        device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16"
-    )
-    xin = x  # w2v's first conv layer takes the fp32 waveform whatever the model's dtype
-
-    def run_ref():
-        with torch.inference_mode(), autocast:
-            return ref(x).last_hidden_state
-
-    def runner(model):
-        def run():
-            with torch.inference_mode():
-                return model(xin)[0]
-
-        return run
-
-    ours = {name: runner(variants[name]) for name in ("w2v", "compiled") if name in variants}
-    run_ref()
-    for run in ours.values():
-        run()  # warm-up (and compilation)
-    times = {name: [] for name in ["ref", *ours]}
-    mems = {"ref": [], "w2v": []}
+def run_case(run, config, batch, seconds, reps, min_time, peak):
+    """Rows of one (batch, clip) case: every runner alternately on the same input."""
+    x = torch.randn(batch, int(seconds * 16000)) * 0.1
+    outs = {key: fn(x) for key, fn in run.items()}  # warm-up (and compilation)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in run}
+    mems: dict[tuple[str, str], int] = dict.fromkeys(run, 0)
+    ref_key = next(iter(run))  # transformers fp32 when asked for
     done = 0
-    while done < reps or sum(times["ref"]) < min_time:  # short cases: repeat for stable medians
+    while done < reps or sum(times[ref_key]) < min_time:
         done += 1
-        t, m, out_ref = timed(run_ref, device)
-        times["ref"].append(t), mems["ref"].append(m)
-        for name, run in ours.items():
-            t, m, out = timed(run, device)
-            times[name].append(t)
-            if name == "w2v":
-                mems["w2v"].append(m)
-                out_ours = out
+        for key, fn in run.items():
+            t, m, _ = timed(lambda fn=fn: fn(x), "cpu")
+            times[key].append(t)
+            mems[key] = max(mems[key], m)
     audio = batch * seconds
-    tput = {name: audio / median(ts) for name, ts in times.items()}
-    flops = model_flops(config, batch, x.shape[1], winograd=dtype == "fp32" and cpu)
-    row = dict(
-        tput=tput,
-        ref_mem=max(mems["ref"]) / 2**20,
-        ours_mem=max(mems["w2v"]) / 2**20,
-        diff=(out_ref.float() - out_ours.float()).abs().max().item(),
-        peak_frac=flops * tput["w2v"] / audio / 1e9 / peaks[dtype],
-        cos=float("nan"),
-    )
-    if dtype == "bf16":
-        with torch.inference_mode():
-            full, _ = variants["fp32"].hidden_states(x)
-            half, _ = variants["w2v"].hidden_states(xin)
-        row["cos"] = cosine_per_layer(half, full)
-    return row
+    rows = []
+    for (side, dtype), ts in times.items():
+        tput = audio / median(ts)
+        fp32_key = (side, "fp32") if (side, "fp32") in outs else None
+        flops = model_flops(
+            config, batch, x.shape[1], winograd=side == "w2v"
+        )  # F(3, 2): eager w2v only
+        rows.append(
+            dict(
+                side=side,
+                dtype=dtype,
+                tput=tput,
+                speedup=tput / (audio / median(times[ref_key])),
+                mem=mems[side, dtype] / 2**20,
+                peak=flops * tput / audio / 1e9 / peak if dtype == "fp32" else float("nan"),
+                diff=(outs[side, dtype][-1].float() - outs[ref_key][-1].float()).abs().max().item(),
+                cos=(
+                    min_cosine(outs[side, dtype], outs[fp32_key])
+                    if fp32_key and dtype != "fp32"
+                    else float("nan")
+                ),
+            )
+        )
+    return rows
 
 
-def early_exit(ours, batch, seconds, reps, device):
-    """Time of extract_features(num_layers=N/2) relative to the full forward: the ratio of
-    medians over at least 5 alternating runs of each."""
-    x = torch.randn(batch, int(seconds * 16000), device=device) * 0.1
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.0f}%"
+
+
+def _num(x: float, spec: str) -> str:
+    return "-" if x != x else format(x, spec)
+
+
+def early_exit(path, batch, seconds, reps):
+    """Time of extract_features(num_layers=N/2) relative to the full forward (medians of at
+    least 5 alternating runs)."""
+    ours = w2v.load(path)
+    x = torch.randn(batch, int(seconds * 16000)) * 0.1
     half = ours.config.num_layers // 2
     full, part = [], []
     with torch.inference_mode():
         ours(x), ours.extract_features(x, num_layers=half)
         for _ in range(max(reps, 5)):
-            full.append(timed(lambda: ours(x), device)[0])
-            part.append(timed(lambda: ours.extract_features(x, num_layers=half), device)[0])
-    return half, median(part) / median(full)
+            full.append(timed(lambda: ours(x), "cpu")[0])
+            part.append(timed(lambda: ours.extract_features(x, num_layers=half), "cpu")[0])
+    return ours.config.num_layers, half, median(part) / median(full)
 
 
 def main() -> None:
@@ -137,7 +271,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--sizes", nargs="+", default=["base", "large"], choices=list(SIZES))
-    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--seconds", nargs="+", type=float, default=[10, 60])
     ap.add_argument("--reps", type=int, default=3)
@@ -145,91 +280,70 @@ def main() -> None:
         "--min-time",
         type=float,
         default=8.0,
-        help="repeat a case (beyond --reps) until transformers has run this many seconds",
+        help="repeat a case (beyond --reps) until transformers fp32 has run this many seconds",
     )
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--compile", action="store_true", help="also time w2v under torch.compile")
     ap.add_argument(
-        "--tune-allocator",
-        action="store_true",
-        help="call w2v.tune_allocator('reuse') first (process-wide: both sides benefit; the RSS-based "
-        "peak memory columns then read near 0 once memory is being reused)",
+        "--quick", action="store_true", help="base, batch 1, 10 s, fp32 and int8, 2 reps"
     )
+    ap.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
+    ap.add_argument("--compile", action="store_true", help="also time w2v under torch.compile")
+    ap.add_argument("--no-early-exit", action="store_true", help="skip the extract_features ratio")
     ap.add_argument("--out", type=Path, help="append the tables to this markdown file")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.batches, args.seconds = ["base"], [1], [10]
+        args.dtypes, args.reps, args.min_time = ["fp32", "int8"], 2, 0.0
+        args.no_early_exit = True
     warnings.filterwarnings("ignore")
-    tuned = w2v.tune_allocator("reuse") if args.tune_allocator else False
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
+    import transformers
 
-    peaks = {
-        "fp32": matmul_peak(torch.float32, device),
-        "bf16": matmul_peak(torch.bfloat16, device),
-    }
+    transformers.logging.set_verbosity_error()
+    peaks = {"torch": matmul_peak(torch.float32, "cpu"), "onnxruntime": ort_matmul_peak()}
+    peak = max(peaks.values())
     lines = [
-        f"Machine: {machine_description(device)}"
-        + ("; glibc allocator in reuse mode (w2v.tune_allocator) for both sides" if tuned else ""),
-        f"Measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        f"Machine: {machine_description('cpu')}; {loadavg()} at the start",
+        f"Measured fp32 matmul peak: torch {peaks['torch']:.0f} GFLOP/s, ONNX Runtime (MLAS) "
+        f"{peaks['onnxruntime']:.0f} GFLOP/s; '% of peak' uses the larger, {peak:.0f}",
         "",
-        "| model | dtype | batch | clip | transformers audio s/s | w2v audio s/s | speed-up | "
-        + ("w2v compiled audio s/s | compiled speed-up | " if args.compile else "")
-        + "transformers peak MiB | w2v peak MiB | max abs diff | w2v % of matmul peak | "
-        "bf16 cos vs fp32 |",
-        "|---" * (14 if args.compile else 12) + "|",
+        "| model | batch | clip | side | dtype | audio s/s | vs transformers fp32 | peak MiB "
+        "| % of fp32 peak | max abs diff to transformers fp32 | min cos to own fp32 |",
+        "|---" * 11 + "|",
     ]
     print("\n".join(lines), flush=True)
     extra = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         for size in args.sizes:
-            ref, path = build(size, Path(tmp))
-            ref.to(device)
-            fp32 = w2v.load(path, device=device)
-            for dtype in args.dtypes:
-                torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-                variants = {"fp32": fp32, "w2v": w2v.load(path, device=device, dtype=torch_dtype)}
-                if args.compile:
-                    variants["compiled"] = w2v.load(
-                        path, device=device, dtype=torch_dtype, compile=True
-                    )
-                for batch in args.batches:
-                    for seconds in args.seconds:
-                        r = run_case(
-                            ref,
-                            variants,
-                            fp32.config,
-                            dtype,
-                            batch,
-                            seconds,
-                            args.reps,
-                            device,
-                            peaks,
-                            args.min_time,
-                        )
-                        t = r["tput"]
-                        fast = t.get("compiled", float("nan"))
-                        compiled = f"{fast:.1f} | {fast / t['ref']:.2f}x | " if args.compile else ""
+            ref, path = build(size, tmp)
+            config = w2v.load(path).config
+            run = runners(size, args.dtypes, args.sides, ref, path, tmp, args.threads, args.compile)
+            # transformers fp32 first: the reference of every row
+            run = dict(sorted(run.items(), key=lambda kv: kv[0] != ("transformers", "fp32")))
+            for batch in args.batches:
+                for seconds in args.seconds:
+                    for r in run_case(run, config, batch, seconds, args.reps, args.min_time, peak):
                         line = (
-                            f"| {size} | {dtype} | {batch} | {seconds:g} s | {t['ref']:.1f} | "
-                            f"{t['w2v']:.1f} | **{t['w2v'] / t['ref']:.2f}x** | "
-                            + compiled
-                            + f"{r['ref_mem']:.0f} | {r['ours_mem']:.0f} | {r['diff']:.1e} | "
-                            f"{100 * r['peak_frac']:.0f}% | {r['cos']:.5f} |"
+                            f"| {size} | {batch} | {seconds:g} s | {r['side']} | {r['dtype']} | "
+                            f"{r['tput']:.1f} | **{r['speedup']:.2f}x** | {r['mem']:.0f} | "
+                            f"{_pct(r['peak'])} | {r['diff']:.1e} | {_num(r['cos'], '.5f')} |"
                         )
                         lines.append(line)
                         print(line, flush=True)
-                        gc.collect()
-                del variants
-                gc.collect()
-            k, ratio = early_exit(fp32, 1, min(args.seconds), args.reps, device)
-            extra.append(
-                f"{size}: extract_features(num_layers={k}) takes {ratio:.2f} of the full forward "
-                f"({fp32.config.num_layers} layers), fp32, batch 1, {min(args.seconds):g} s"
-            )
-            print(extra[-1], flush=True)
-            del ref, fp32
+                    print(f"({loadavg()})", flush=True)
+                    gc.collect()
+            del run, ref
             gc.collect()
+            if not args.no_early_exit:
+                n, k, ratio = early_exit(path, 1, min(args.seconds), args.reps)
+                extra.append(
+                    f"{size}: extract_features(num_layers={k}) takes {ratio:.2f} of the full "
+                    f"forward ({n} layers), w2v fp32, batch 1, {min(args.seconds):g} s"
+                )
+                print(extra[-1], flush=True)
+    extra.append(f"{loadavg()} at the end")
+    print(extra[-1])
     if args.out:
         with open(args.out, "a") as f:
             f.write(
@@ -242,4 +356,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    np.seterr(all="ignore")
     main()

@@ -164,3 +164,51 @@ def machine_description(device: str) -> str:
             f"matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}"
         )
     return desc
+
+
+def ort_matmul_peak(reps: int = 5, threads: int | None = None) -> float:
+    """ONNX Runtime's (MLAS's) fp32 matmul peak on this machine, GFLOP/s, over the shapes
+    :func:`matmul_peak` uses; 0 when onnxruntime is not installed. On the AMD EPYC of
+    bench/RESULTS.md it is about twice ``torch.mm``'s, so FLOP bounds use the larger."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return 0.0
+    best = 0.0
+    for m, k, n in [(2048, 2048, 2048), (4096, 768, 3072)]:
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["c"])],
+            "matmul",
+            [
+                helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, [k, n]),
+            ],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        feeds = {"a": torch.randn(m, k).numpy(), "b": torch.randn(k, n).numpy()}
+        for _ in range(2):
+            session.run(None, feeds)
+        for _ in range(reps):
+            t = time.perf_counter()
+            session.run(None, feeds)
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def loadavg() -> str:
+    """``/proc/loadavg`` (1, 5, 15 minutes): other processes' load on this machine, printed
+    with every result since a busy machine makes the timings noisy."""
+    try:
+        with open("/proc/loadavg") as f:
+            return "load average " + " ".join(f.read().split()[:3])
+    except OSError:
+        return "load average unknown"

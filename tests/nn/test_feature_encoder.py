@@ -66,15 +66,18 @@ def test_plain_form_equals_fast_form(conv_norm, with_lengths):
 
 @torch.inference_mode()
 @pytest.mark.parametrize("conv_norm", ["group", "layer"])
-def test_plain_form_runs_under_export(conv_norm, monkeypatch):
-    """torch.export traces the plain form: ``forward`` dispatches there while exporting."""
+def test_graph_form_runs_under_export(conv_norm, monkeypatch):
+    """torch.export traces the graph form (w2v/nn/fast/graph.py: plain convolutions, layer
+    0's GroupNorm folded): ``forward`` dispatches there while exporting."""
     enc = encoder(conv_norm)
     x, lengths = waveform(9000), torch.tensor([9000, 4321])
     assert fast.applies(x, torch.float32)
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    assert not fast.applies(x, torch.float32)
+    stack = [(layer.conv, layer.layer_norm) for layer in enc.conv_layers]
+    norm_lengths = enc.conv_layers[0].out_lengths(lengths)
     features, frames = enc(x, lengths)
-    assert torch.equal(features, enc.plain(x, enc.conv_layers[0].out_lengths(lengths)))
+    assert torch.equal(features, fast.graph.forward(stack, x, norm_lengths, torch.float32))
+    torch.testing.assert_close(features, enc.plain(x, norm_lengths), atol=1e-5, rtol=0)
     assert frames.tolist() == [27, 13]
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from w2v.nn.fast import layer0, layers
+from w2v.nn.fast import graph, layer0, layers
 from w2v.nn.functional import records_grad
 from w2v.nn.norm import GroupNorm, LayerNorm
 
@@ -41,10 +41,9 @@ _BLOCK_FRAMES_OTHER = 65536
 
 def applies(waveforms: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the fast form should compute the conv stack of a ``dtype`` model for
-    ``waveforms``. Not under torch.export: the strided views of the product form make
-    export guard on floor-division identities it cannot prove for a dynamic length.
-    Not where cuDNN may use TF32 (:func:`_cudnn_tf32`)."""
-    return not (torch.compiler.is_exporting() or _cudnn_tf32(waveforms, dtype))
+    ``waveforms``: always under torch.export (its graph form, :mod:`graph`), else
+    unless cuDNN may use TF32 (:func:`_cudnn_tf32`)."""
+    return torch.compiler.is_exporting() or not _cudnn_tf32(waveforms, dtype)
 
 
 def _cudnn_tf32(waveforms: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -74,8 +73,12 @@ def forward(
     """(B, S) waveform → (B, T, C) features in ``dtype``, as the plain form computes them.
 
     ``norm_lengths`` (B,): valid frames of layer 0's output, over which GroupNorm
-    takes its statistics (None: all frames).
+    takes its statistics (None: all frames). Under torch.export: the graph form
+    (:mod:`graph`), since the strided views of the product form make export guard on
+    floor-division identities it cannot prove for a dynamic length.
     """
+    if torch.compiler.is_exporting():
+        return graph.forward(stack, waveforms, norm_lengths, dtype)
     x = _blocked(stack[:_BLOCKED_LAYERS], waveforms, norm_lengths, dtype)
     for conv, norm in stack[_BLOCKED_LAYERS:]:
         x = layers.forward(x, conv, norm)

@@ -108,7 +108,14 @@ def _group_norm_folded(
         if mask is not None:
             centred *= mask[:, t0 : t0 + step]
         cov.baddbmm_(centred.transpose(1, 2), centred)
-    cov /= count
+    return fold_group_norm(weight, norm, mean, cov / count)
+
+
+def fold_group_norm(
+    weight: torch.Tensor, norm: GroupNorm, mean: torch.Tensor, cov: torch.Tensor
+) -> torch.Tensor:
+    """The (B, k + 1, C) float32 matrix of :func:`affine` from the windows' float64 mean
+    (B, 1, k) and covariance (B, k, k) over valid frames. ``weight``: (C, k)."""
     w = weight.double()  # (C, k)
     var = ((w @ cov) * w).sum(-1)  # (B, C)
     scale = torch.rsqrt(var + norm.eps) * norm.weight.double()  # (B, C)
