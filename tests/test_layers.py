@@ -15,7 +15,7 @@ from tests.helpers import REPO
 LAYERS = (
     ("w2v.errors", "w2v.atomic", "w2v.config", "w2v.configs", "w2v.allocator"),
     ("w2v.nn",),
-    ("w2v.convert",),
+    ("w2v.convert", "w2v.onnx"),
     ("w2v.loading", "w2v.hub", "w2v.longform"),
     ("w2v.pipeline", "w2v.compat"),
     ("w2v.probe", "w2v.train"),

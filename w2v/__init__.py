@@ -5,6 +5,7 @@ from w2v.config import Config, config_names, num_frames
 from w2v.loading import from_config, load
 from w2v.longform import hidden_states_long, iter_chunks
 from w2v.pipeline import embed
+from w2v.pipeline.read import read_embeddings
 
 __all__ = [
     "Config",
@@ -15,6 +16,7 @@ __all__ = [
     "iter_chunks",
     "load",
     "num_frames",
+    "read_embeddings",
     "release_memory",
     "tune_allocator",
 ]

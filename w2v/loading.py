@@ -16,6 +16,7 @@ from w2v.config import Config
 from w2v.convert.checkpoint import (
     CONFIG_FILE,
     HEAD_FILE,
+    PRETRAINING_FILE,
     WEIGHTS_FILE,
     Checkpoint,
     is_w2v_dir,
@@ -27,6 +28,7 @@ from w2v.errors import CheckpointError, UsageError, one_line, shown
 from w2v.hub import HUB_ID, is_hub_id, resolve_hub
 from w2v.nn.model import Model
 from w2v.nn.norm import GroupNorm, LayerNorm
+from w2v.onnx.runtime import BACKENDS, OnnxModel, check_placement
 
 
 def from_config(config: str | Config, *, vocab_size: int | None = None) -> Model:
@@ -42,8 +44,18 @@ def model_from_checkpoint(ckpt, *, device=None, dtype: torch.dtype | None = None
     """Build the model for a :class:`w2v.convert.checkpoint.Checkpoint` (its task head
     included, as ``task_head``) and load its weights strictly."""
     with torch.device("meta"):
-        model = Model(ckpt.config, ckpt.info, ckpt.head, unused=list(ckpt.extra))
-    weights = {**ckpt.state_dict, **{f"task_head.{k}": v for k, v in ckpt.head_state.items()}}
+        model = Model(
+            ckpt.config,
+            ckpt.info,
+            ckpt.head,
+            unused=list(ckpt.extra),
+            pretraining=ckpt.pretraining,
+        )
+    weights = {
+        **ckpt.state_dict,
+        **{f"task_head.{k}": v for k, v in ckpt.head_state.items()},
+        **{f"pretraining.{k}": v for k, v in ckpt.pretraining_state.items()},
+    }
     # weights stored in half precision load as float32 unless a dtype is asked for
     state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     model.load_state_dict(state, strict=True, assign=True)
@@ -76,7 +88,9 @@ def load(
     dtype: torch.dtype | str | None = None,
     compile: bool = False,
     strict: bool = False,
-) -> Model:
+    backend: str = "torch",
+    arch: str | None = None,
+) -> Model | OnnxModel:
     """Load a model (eval mode) from a w2v checkpoint directory, a Hugging Face model
     directory, a fairseq ``.pt`` file, or a Hugging Face hub id (``org/name`` where no
     such local path exists, see :func:`w2v.hub.is_hub_id`; needs ``huggingface_hub``;
@@ -85,13 +99,30 @@ def load(
     dtype: float32 (default), bfloat16 or float16 (norms keep computing in
     float32). compile: run the model through :func:`torch.compile` (the first
     call of each kind compiles, which takes a while; see :meth:`Model.compile`).
+    arch: the torchaudio preset name of a torchaudio ``.pth`` whose architecture its
+    shapes cannot tell (see :func:`w2v.convert.load.read_torchaudio`).
 
+    A transformers ``*ForPreTraining`` directory or a fairseq wav2vec 2.0 / HuBERT
+    pretraining ``.pt`` keeps its pretraining parts as ``model.pretraining`` (mask
+    embedding, quantizer, projections, label embeddings; :mod:`w2v.train` uses them).
     A task head w2v runs (sequence or frame classification, x-vector, the community
     speech classification) is loaded with its labels: :meth:`Model.head`,
     :attr:`Model.id2label`. Other weights outside the backbone (a head w2v cannot run) are
     not loaded, with a one-line notice naming them; ``strict=True`` refuses such a
     checkpoint (:class:`CheckpointError`). Notices are emitted as :class:`UserWarning`.
+
+    backend: ``"torch"`` (w2v's modules) or ``"onnxruntime"`` (the ``w2v[onnx]`` extra):
+    a :class:`~w2v.onnx.OnnxModel` with the same methods, computed by ONNX Runtime in
+    float32 on the CPU, from any of the above or from a graph written by
+    ``w2v export --onnx`` (``.onnx``).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        check_placement(device, dtype, compile)
+        if Path(path).suffix == ".onnx" and Path(path).is_file():
+            return OnnxModel.from_file(path)
+        return OnnxModel.from_model(load(path, strict=strict, arch=arch))
     p = Path(path)
     if not p.exists():
         if is_hub_id(path):
@@ -100,7 +131,7 @@ def load(
             raise CheckpointError(
                 f"{shown(os.fspath(path))}: no such file or directory{_not_hub(path)}"
             )
-    ckpt = read_checkpoint(p, strict=strict)
+    ckpt = read_checkpoint(p, strict=strict, arch=arch)
     for notice in ckpt.notices:
         warnings.warn(notice, stacklevel=2)
     if isinstance(dtype, str):
@@ -128,12 +159,16 @@ def convert(
     *,
     overwrite: bool = False,
     strict: bool = False,
+    arch: str | None = None,
 ) -> Checkpoint:
     """``w2v convert``: read the checkpoint ``src`` and save it as a w2v checkpoint directory
-    ``dst`` (``config.json`` + ``model.safetensors``, the task head's ``head.safetensors``
-    and the unused weights' ``extra.safetensors`` when there are any; each written
+    ``dst`` (``config.json`` + ``model.safetensors``, the task head's ``head.safetensors``,
+    the pretraining parts' ``pretraining.safetensors`` and the unused weights'
+    ``extra.safetensors`` when there are any; each written
     atomically). Returns the checkpoint, whose ``notices`` (dropped heads) the caller
     shows. ``strict``: refuse weights outside the backbone that w2v does not run.
+    ``arch``: the torchaudio preset name of a torchaudio ``.pth`` (see
+    :func:`w2v.convert.load.read_torchaudio`).
 
     ``dst`` is checked first (:func:`check_convert_destination`), so the source is never
     written. Raises :class:`UsageError` for a destination refused,
@@ -143,12 +178,12 @@ def convert(
     if not os.path.exists(src):
         raise CheckpointError(f"{shown(os.fspath(src))}: no such file or directory")
     check_convert_destination(src, dst, overwrite=overwrite)
-    ckpt = read_checkpoint(src, strict=strict)
+    ckpt = read_checkpoint(src, strict=strict, arch=arch)
     save(ckpt, dst)
     return ckpt
 
 
-CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEAD_FILE, EXTRA_FILE)
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEAD_FILE, EXTRA_FILE, PRETRAINING_FILE)
 """The files of a w2v checkpoint directory, which converting into it writes or removes."""
 
 
@@ -232,10 +267,12 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     compile: bool = False,
     strict: bool = False,
+    backend: str = "torch",
 ) -> torch.nn.Module:
     """A model object as is (moved/cast when asked), or anything :func:`load` accepts
     (on :func:`default_device` unless ``device`` says otherwise, ``strict`` passed on);
-    ``compile`` applies :meth:`w2v.nn.model.Model.compile`.
+    ``compile`` applies :meth:`w2v.nn.model.Model.compile`. ``backend="onnxruntime"``: an
+    :class:`~w2v.onnx.OnnxModel` (a w2v model object is wrapped, a path loaded).
 
     Raises :class:`UsageError` for an unknown dtype, a device that is malformed or
     absent, or a model path or hub id that cannot be loaded; TypeError for a ``model``
@@ -252,12 +289,22 @@ def load_model(
             raise UsageError(str(e)) from None
     if device is not None:
         device = check_device(device)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" or isinstance(model, OnnxModel):
+        check_placement(device, dtype, compile)
+        if isinstance(model, OnnxModel):
+            return model
+        if isinstance(model, Model):
+            return OnnxModel.from_model(model)
     if isinstance(model, torch.nn.Module):
         if device is not None or dtype is not None:
             model = to(model, device=device, dtype=dtype)
         model.eval()
         return model.compile() if compile else model
     try:
+        if backend == "onnxruntime":
+            return load(model, strict=strict, backend=backend)
         return load(
             model, device=device or default_device(), dtype=dtype, compile=compile, strict=strict
         )
