@@ -154,12 +154,13 @@ def wav2vec2_loss(
     if codebook_negatives:
         m, k = len(positives), codebook_negatives
         drawn, codes = quantizer.sample_from_codebook(m * k, generator)  # (M*K, dim), (M*K, G)
-        drawn = parts.project_q(drawn.to(parts.project_q.weight.dtype)).view(m, k, -1)
+        drawn = parts.project_q(drawn.to(parts.project_q.weight.dtype)).view(m, k, pcfg.final_dim)
         negative = torch.cat([negative, drawn], dim=1)  # (M, K_sampled + K, P)
-        # the positive's own combination, by its codes: the straight-through vectors of train
-        # mode are not bitwise the codebook's, so comparing vectors would miss it
+        # the positive's own combination, found by its codes: train mode's straight-through
+        # vectors, and products of other shapes, need not be bitwise the drawn ones
         own = choice.detach().argmax(-1)  # (M, G)
-        same = torch.cat([same, (codes.view(m, k, -1) == own[:, None]).all(-1).T], dim=0)
+        is_own = (codes.view(m, k, quantizer.groups) == own[:, None]).all(-1)  # (M, K)
+        same = torch.cat([same, is_own.T], dim=0)
     # (1 + K, M): cosine similarity of the prediction with the positive, then each negative
     candidates = torch.cat([positives[None], negative.transpose(0, 1)], dim=0)
     sims = torch.cosine_similarity(candidates.float(), predicted.float()[None], dim=-1)
