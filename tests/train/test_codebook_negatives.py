@@ -142,3 +142,13 @@ def test_rejects_bad_settings(setup, kw, message):
     kw = {"style": "fairseq", **kw}
     with pytest.raises(ValueError, match=message):
         wav2vec2_loss(model, wave, mask_time_indices=mask, sampled_negative_indices=negatives, **kw)
+
+
+@pytest.mark.parametrize("style", ["hf", "fairseq"])
+def test_a_mask_that_masks_nothing_is_a_clear_error(setup, style):
+    model, wave, mask, negatives = setup
+    with pytest.raises(ValueError, match="masks no frame"):
+        wav2vec2_loss(
+            model, wave, mask_time_indices=torch.zeros_like(mask),
+            sampled_negative_indices=negatives, style=style,
+        )  # fmt: skip

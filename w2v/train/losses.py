@@ -120,6 +120,8 @@ def wav2vec2_loss(
     _check_codebook_negatives(codebook_negatives, style, pcfg)
     frames_shape = _frames_shape(model, waveforms)
     mask = _mask(mask_time_indices, frames_shape, "mask_time_indices").to(waveforms.device)
+    if not bool(mask.any()):  # nothing to predict: the loss would be an empty sum
+        raise ValueError("mask_time_indices masks no frame; the loss needs at least one")
     negatives = torch.as_tensor(sampled_negative_indices).to(waveforms.device).long()
     if negatives.dim() != 3 or negatives.shape[:2] != frames_shape:
         raise ValueError(
