@@ -13,21 +13,14 @@ import torch
 from w2v.convert.checkpoint import from_model, save
 
 import w2v
+from tests.helpers import TINY_W2V
 from w2v.cli import main
 from w2v.config import Config
 from w2v.nn.model import Model
 from w2v.nn.pretraining import PretrainingConfig
 from w2v.train.loop import METRICS_FILE, TrainSettings, train
 
-TINY = dict(
-    conv_dim=(16,) * 7,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
+TINY = dict(TINY_W2V, conv_dim=(16,) * 7)
 PRETRAINING = PretrainingConfig(
     objective="wav2vec2",
     final_dim=16,

@@ -11,7 +11,7 @@ from w2v.convert.fairseq_file import read_fairseq
 from w2v.convert.safe_pickle import load_torch_file
 
 import w2v
-from tests.helpers import FAIRSEQ_FIXTURES
+from tests.helpers import FAIRSEQ_FIXTURES, TINY_W2V
 from w2v.nn.pretraining import PretrainingConfig
 
 
@@ -65,7 +65,7 @@ def test_pretraining_config_is_checked_and_round_trips():
 
 
 def test_add_pretraining_and_time_mask_need_each_other():
-    model = w2v.from_config(w2v.Config(**_TINY))
+    model = w2v.from_config(w2v.Config(**TINY_W2V))
     x = torch.randn(1, 4000)
     mask = torch.zeros(1, w2v.num_frames(4000, model.config), dtype=torch.bool)
     mask[0, 2:5] = True
@@ -81,14 +81,3 @@ def test_add_pretraining_and_time_mask_need_each_other():
     some = none.clone()
     some[0, :8] = True
     assert not torch.equal(model.encode(x, feature_mask=some).output, plain)
-
-
-_TINY = dict(
-    conv_dim=(32,) * 7,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
