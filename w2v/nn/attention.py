@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
+from w2v.nn.fast.linear import Linear
 
 
 def relative_position_buckets(
@@ -56,10 +57,10 @@ class SelfAttention(nn.Module):
         d = config.hidden_size
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(d, d)
-        self.k_proj = nn.Linear(d, d)
-        self.v_proj = nn.Linear(d, d)
-        self.out_proj = nn.Linear(d, d)
+        self.q_proj = Linear(d, d)
+        self.k_proj = Linear(d, d)
+        self.v_proj = Linear(d, d)
+        self.out_proj = Linear(d, d)
         self.dropout = 0.0  # on the attention weights, in train mode (Regularization)
         if config.rel_pos_buckets:
             # WavLM gate: a per-query, per-head scale on the shared position bias

@@ -1,0 +1,57 @@
+"""Linear layers through oneDNN on a CPU.
+
+On the AVX-512 CPU of our benchmarks, torch's fp32 ``F.linear`` (MKL) reaches about 210
+GFLOP/s, while oneDNN's inner product reaches 450-490 GFLOP/s on the same two threads, the
+rate ONNX Runtime's own GEMM gets (bench/RESULTS.md). The plain form is ``nn.Linear``;
+:class:`Linear` is the same layer with this fast path beside it, taken only where it
+computes the same product (float32 on a CPU, no autograd, not traced or compiled), so
+gradients, exports and other devices and dtypes keep ``F.linear``. The results differ from
+MKL's only in the order of the fp32 sums (a few 1e-7 relative).
+
+The oneDNN op is the one torch's inductor uses for CPU linear layers
+(``torch.ops.mkldnn._linear_pointwise``); a torch build without it, or without oneDNN,
+keeps the plain form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the oneDNN product computes ``F.linear(x, weight, ...)`` here: float32 on
+    a CPU, no gradient to record, not traced for export or compiled, not empty."""
+    return (
+        ONEDNN
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.numel() > 0
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` (..., in) → (..., out) as one oneDNN inner product over the rows."""
+    y = torch.ops.mkldnn._linear_pointwise(
+        x.reshape(-1, x.shape[-1]), weight, bias, "none", [], ""
+    )  # (rows, out)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) whose inference on a CPU in
+    float32 runs through oneDNN (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if onednn_applies(x, self.weight):
+            return onednn_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
