@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
-from w2v.nn.fast.linear import Linear
+from w2v.nn.fast.linear import linear
 
 
 def relative_position_buckets(
@@ -57,10 +57,10 @@ class SelfAttention(nn.Module):
         d = config.hidden_size
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.q_proj = Linear(d, d)
-        self.k_proj = Linear(d, d)
-        self.v_proj = Linear(d, d)
-        self.out_proj = Linear(d, d)
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.out_proj = nn.Linear(d, d)
         self.dropout = 0.0  # on the attention weights, in train mode (Regularization)
         if config.rel_pos_buckets:
             # WavLM gate: a per-query, per-head scale on the shared position bias
@@ -87,9 +87,9 @@ class SelfAttention(nn.Module):
         position_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, D); key_mask (B, 1, 1, T) bool, True = attend; position_bias (H, T, T)."""
-        q = self._split(self.q_proj(x))
-        k = self._split(self.k_proj(x))
-        v = self._split(self.v_proj(x))
+        q = self._split(linear(self.q_proj, x))
+        k = self._split(linear(self.k_proj, x))
+        v = self._split(linear(self.v_proj, x))
         mask = key_mask
         if position_bias is not None:
             bias = (self.gate(x) * position_bias).to(q.dtype)  # (B, H, T, T)
@@ -99,4 +99,4 @@ class SelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).flatten(2)  # (B, T, D)
-        return self.out_proj(y)
+        return linear(self.out_proj, y)

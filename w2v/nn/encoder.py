@@ -8,7 +8,7 @@ from torch import nn
 
 from w2v.config import Config
 from w2v.nn.attention import RelativePositionBias, SelfAttention
-from w2v.nn.fast.linear import Linear
+from w2v.nn.fast.linear import linear
 from w2v.nn.functional import gelu_
 from w2v.nn.norm import LayerNorm
 from w2v.nn.positional import build_positional
@@ -24,15 +24,17 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 class FeedForward(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
-        self.intermediate_dense = Linear(config.hidden_size, config.intermediate_size)
-        self.output_dense = Linear(config.intermediate_size, config.hidden_size)
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
         # train-mode dropouts (Regularization): after the activation, after the output
         self.activation_dropout = 0.0
         self.hidden_dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = dropout(gelu_(self.intermediate_dense(x)), self.activation_dropout, self.training)
-        return dropout(self.output_dense(h), self.hidden_dropout, self.training)
+        h = dropout(
+            gelu_(linear(self.intermediate_dense, x)), self.activation_dropout, self.training
+        )
+        return dropout(linear(self.output_dense, h), self.hidden_dropout, self.training)
 
 
 class EncoderLayer(nn.Module):

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from w2v.config import SAMPLE_RATE, CheckpointInfo, Config, Regularization
 from w2v.nn.encoder import Encoder, dropout
-from w2v.nn.fast.linear import Linear
+from w2v.nn.fast.linear import linear
 from w2v.nn.feature_encoder import FeatureEncoder, scale_grad
 from w2v.nn.functional import frame_mask
 from w2v.nn.heads import Head, HeadConfig, build_head, run_head
@@ -31,7 +31,7 @@ class FeatureProjection(nn.Module):
         self.layer_norm = (
             LayerNorm(c, eps=config.layer_norm_eps) if config.feat_proj_layer_norm else None
         )
-        self.projection = Linear(c, config.hidden_size)
+        self.projection = nn.Linear(c, config.hidden_size)
         self.dropout = 0.0  # after the projection, in train mode (Regularization)
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ class FeatureProjection(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Output of :meth:`norm` (B, T, C) → (B, T, D)."""
-        return dropout(self.projection(x), self.dropout, self.training)
+        return dropout(linear(self.projection, x), self.dropout, self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.norm(x))

@@ -3,8 +3,8 @@
 On the AVX-512 CPU of our benchmarks, torch's fp32 ``F.linear`` (MKL) reaches about 210
 GFLOP/s, while oneDNN's inner product reaches 450-490 GFLOP/s on the same two threads, the
 rate ONNX Runtime's own GEMM gets (bench/RESULTS.md). The plain form is ``nn.Linear``;
-:class:`Linear` is the same layer with this fast path beside it, taken only where it
-computes the same product (float32 on a CPU, no autograd, not traced or compiled), so
+:func:`linear` runs a model's ``nn.Linear`` with this fast path beside it, taken only where
+it computes the same product (float32 on a CPU, no autograd, not traced or compiled), so
 gradients, exports and other devices and dtypes keep ``F.linear``. The results differ from
 MKL's only in the order of the fp32 sums (a few 1e-7 relative).
 
@@ -16,7 +16,6 @@ keeps the plain form.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -47,11 +46,15 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) whose inference on a CPU in
-    float32 runs through oneDNN (see the module docstring)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if onednn_applies(x, self.weight):
-            return onednn_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a Linear layer of the model: through oneDNN where that computes the
+    same product (see the module docstring), else the layer's own forward. Only a plain
+    ``nn.Linear`` without hooks takes the fast path, so a layer swapped by the user (a
+    ``torch.ao`` dynamically quantised one, a LoRA wrapper) or hooked runs as it is."""
+    if (
+        type(layer) is nn.Linear
+        and not (layer._forward_hooks or layer._forward_pre_hooks)
+        and onednn_applies(x, layer.weight)
+    ):
+        return onednn_linear(x, layer.weight, layer.bias)
+    return layer(x)
