@@ -9,19 +9,13 @@ from functools import cache
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from w2v.convert.torchaudio import DROPOUT_ARGS
 
 from tests.helpers import FIXTURES
 from w2v.compat.torchaudio import models
 
 DIR = FIXTURES / "torchaudio"
 VARIANTS = ("wav2vec2-postln", "wav2vec2-preln", "hubert-preln", "wavlm-postln", "wavlm-preln")
-DROPOUT_ARGS = (
-    "encoder_projection_dropout",
-    "encoder_attention_dropout",
-    "encoder_ff_interm_dropout",
-    "encoder_dropout",
-    "encoder_layer_drop",
-)
 NO_DROPOUT = dict.fromkeys(DROPOUT_ARGS, 0.0)
 TRAIN = {**dict.fromkeys(DROPOUT_ARGS, 0.1), "encoder_layer_drop": 0.3}
 TRAIN_NO_LAYER_DROP = {**TRAIN, "encoder_layer_drop": 0.0}
