@@ -103,7 +103,7 @@ def audio_seconds(files: list[Path]) -> float:
 
 def flop_bound(files: list[Path], model_dir: Path, device: str) -> tuple[float, float]:
     """The corpus' forward-pass FLOPs in fp32 as w2v computes them (one file at a time,
-    F(3, 2) counted on a CPU), and the machine's measured fp32 matmul peak (GFLOP/s).
+    direct convolutions), and the machine's measured fp32 matmul peak (GFLOP/s).
     FLOPs / peak is the least time any pipeline doing this arithmetic could spend in
     the model on this machine."""
     import w2v
@@ -112,7 +112,7 @@ def flop_bound(files: list[Path], model_dir: Path, device: str) -> tuple[float, 
     config = w2v.load(model_dir).config
     flops = 0.0
     for f in files:
-        flops += model_flops(config, 1, probe(f).samples_16k, winograd=device == "cpu")
+        flops += model_flops(config, 1, probe(f).samples_16k)
     # the best GEMM this machine offers: ONNX Runtime's MLAS can be twice torch.mm (RESULTS.md)
     peak = matmul_peak(torch.float32, device)
     return flops, max(peak, ort_matmul_peak()) if device == "cpu" else peak

@@ -221,9 +221,7 @@ def run_case(run, config, batch, seconds, reps, min_time, peak):
     for (side, dtype), ts in times.items():
         tput = audio / median(ts)
         fp32_key = (side, "fp32") if (side, "fp32") in outs else None
-        flops = model_flops(
-            config, batch, x.shape[1], winograd=side == "w2v"
-        )  # F(3, 2): eager w2v only
+        flops = model_flops(config, batch, x.shape[1])
         rows.append(
             dict(
                 side=side,

@@ -34,6 +34,7 @@ from bench.common import (
     matmul_peak,
     median,
     ort_matmul_peak,
+    settle,
 )
 from w2v.config import Config
 from w2v.nn.functional import frame_mask
@@ -170,6 +171,7 @@ def main() -> None:
             times = ([], [])
             for _ in range(args.reps):
                 for i, fn in enumerate((ours, theirs)):
+                    settle()  # the other runtime's spinning threads go idle first
                     start = time.perf_counter()
                     fn()
                     times[i].append(time.perf_counter() - start)

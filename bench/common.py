@@ -71,8 +71,21 @@ class PeakMemory:
             self.peak = max(self._max, _rss_bytes()) - self._base
 
 
+SETTLE_SECONDS = 0.2
+"""Pause before each timed call. Both runtimes' worker threads keep spinning for a while
+after a call returns (ONNX Runtime's intra-op pool, OpenMP's): timed right after another
+side, a side shares the two cores with them, which cost w2v 5-10% against ONNX Runtime
+in our alternating runs."""
+
+
+def settle() -> None:
+    """Let the previous call's spinning worker threads go idle (:data:`SETTLE_SECONDS`)."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def timed(fn, device: str) -> tuple[float, int, object]:
-    """(seconds, peak bytes, result) of one call."""
+    """(seconds, peak bytes, result) of one call, after :func:`settle`."""
+    settle()
     sync(device)
     with PeakMemory(device) as mem:
         start = time.perf_counter()
@@ -86,22 +99,15 @@ def median(xs):
     return statistics.median(xs)
 
 
-def model_flops(config: Config, batch: int, samples: int, winograd: bool = False) -> float:
-    """Multiply-adds × 2 of one forward pass (conv encoder, projection, pos conv, layers).
-
-    ``winograd``: count the kernel-3 / stride-2 conv layers as w2v computes them in
-    fp32 on a CPU (F(3, 2): 7 products per 3 output frames instead of 9, transforms
-    not counted); False counts the direct convolution, as transformers computes it.
-    """
+def model_flops(config: Config, batch: int, samples: int) -> float:
+    """Multiply-adds × 2 of one forward pass (conv encoder, projection, pos conv, layers),
+    direct convolutions, as every side computes them."""
     flops = 0.0
     length = samples
     c_in = 1
     for c, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
         length = (length - k) // s + 1
-        layer = 2 * c_in * c * k * length
-        if winograd and (k, s) == (3, 2) and c_in > 1:
-            layer *= 7 / 9
-        flops += layer
+        flops += 2 * c_in * c * k * length
         c_in = c
     t = num_frames(samples, config)
     d, f = config.hidden_size, config.intermediate_size

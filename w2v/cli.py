@@ -724,9 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EMB_DIR",
         help="another model's embeddings of the same inputs: CKA between the two models' layers",
     )
-    p.add_argument(
-        "--no-layer-weights", action="store_true", help="skip the learned layer weights"
-    )
+    p.add_argument("--no-layer-weights", action="store_true", help="skip the learned layer weights")
     p.add_argument(
         "--layer-norm", action="store_true", help="layer-norm each layer in the weighted sum"
     )

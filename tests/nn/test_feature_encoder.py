@@ -135,8 +135,8 @@ def test_conv_blocks_of_time_equal_one_block(conv_norm, dtype, exact, monkeypatc
 
 @pytest.mark.parametrize("conv_norm", ["group", "layer"])
 def test_conv_inference_path_equals_autograd_path(conv_norm, monkeypatch):
-    """Inference takes the blocked path with the F(3, 2) products; a graph for autograd
-    takes one block and conv_products instead of F(3, 2). Same numbers."""
+    """Inference takes the blocked path; a graph for autograd takes one block (the
+    convolutions differentiable as they are). Same numbers."""
     torch.manual_seed(0)
     encoder = Model(Config(**TINY_W2V, conv_norm=conv_norm)).feature_extractor
     monkeypatch.setattr(conv_stack, "_BLOCK_FRAMES", {"cpu": 4 * 2 * 100})

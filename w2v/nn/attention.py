@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
+from w2v.nn.fast import attention as fast_attention
 from w2v.nn.fast.linear import linear
 
 
@@ -87,16 +88,20 @@ class SelfAttention(nn.Module):
         position_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, D); key_mask (B, 1, 1, T) bool, True = attend; position_bias (H, T, T)."""
-        q = self._split(linear(self.q_proj, x))
-        k = self._split(linear(self.k_proj, x))
-        v = self._split(linear(self.v_proj, x))
+        q, k, v = linear(self.q_proj, x), linear(self.k_proj, x), linear(self.v_proj, x)
+        p = self.dropout if self.training else 0.0
+        if position_bias is None and fast_attention.applies(q, k, p):
+            lengths = fast_attention.valid_lengths(key_mask, *x.shape[:2])
+            if lengths is not None:  # long sequences on a CPU: oneDNN's products
+                y = fast_attention.attention(q, k, v, self.num_heads, lengths)
+                return linear(self.out_proj, y)
+        q, k, v = self._split(q), self._split(k), self._split(v)
         mask = key_mask
         if position_bias is not None:
             bias = (self.gate(x) * position_bias).to(q.dtype)  # (B, H, T, T)
             if key_mask is not None:
                 bias = bias.masked_fill(~key_mask, torch.finfo(bias.dtype).min)
             mask = bias
-        p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).flatten(2)  # (B, T, D)
         return linear(self.out_proj, y)

@@ -8,7 +8,8 @@ from torch import nn
 
 from w2v.config import Config
 from w2v.nn.attention import RelativePositionBias, SelfAttention
-from w2v.nn.fast.linear import linear
+from w2v.nn.fast.linear import fast, linear
+from w2v.nn.fast.rows import by_row_blocks
 from w2v.nn.functional import gelu_
 from w2v.nn.norm import LayerNorm
 from w2v.nn.positional import build_positional
@@ -31,10 +32,16 @@ class FeedForward(nn.Module):
         self.hidden_dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and fast(self.intermediate_dense, x) and fast(self.output_dense, x):
+            # inference on a CPU: blocks of rows, the intermediate kept in cache (rows.py)
+            return by_row_blocks(self._products, x, self.output_dense.out_features)
         h = dropout(
             gelu_(linear(self.intermediate_dense, x)), self.activation_dropout, self.training
         )
         return dropout(linear(self.output_dense, h), self.hidden_dropout, self.training)
+
+    def _products(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(self.output_dense, gelu_(linear(self.intermediate_dense, x)))
 
 
 class EncoderLayer(nn.Module):

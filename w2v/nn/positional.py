@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
-from w2v.nn.functional import gelu_, grouped_conv1d
+from w2v.nn.fast.derived import cached
+from w2v.nn.functional import channels_last_applies, channels_last_weight, gelu_, grouped_conv1d
 from w2v.nn.norm import LayerNorm
 
 
@@ -33,7 +34,13 @@ class WeightNormConv(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = torch._weight_norm(self.weight_v, self.weight_g, 2)
+        channels_last = channels_last_applies(x)
+
+        def make() -> torch.Tensor:
+            weight = torch._weight_norm(self.weight_v, self.weight_g, 2)
+            return channels_last_weight(weight) if channels_last else weight
+
+        weight = cached(self, channels_last, make, self.weight_v, self.weight_g)
         return grouped_conv1d(x, weight, self.bias, self.padding, self.groups)
 
 
@@ -44,7 +51,10 @@ class GroupedConv1d(nn.Conv1d):
         super().__init__(dim, dim, kernel, padding=kernel // 2, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grouped_conv1d(x, self.weight, self.bias, self.padding[0], self.groups)
+        weight = self.weight
+        if channels_last_applies(x):
+            weight = cached(self, True, lambda: channels_last_weight(self.weight), self.weight)
+        return grouped_conv1d(x, weight, self.bias, self.padding[0], self.groups)
 
 
 class PositionalConv(nn.Module):

@@ -51,10 +51,16 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     same product (see the module docstring), else the layer's own forward. Only a plain
     ``nn.Linear`` without hooks takes the fast path, so a layer swapped by the user (a
     ``torch.ao`` dynamically quantised one, a LoRA wrapper) or hooked runs as it is."""
-    if (
+    if fast(layer, x):
+        return onednn_linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
+def fast(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`linear` takes the oneDNN path for ``layer(x)``: a plain ``nn.Linear``
+    without hooks, where :func:`onednn_applies`."""
+    return (
         type(layer) is nn.Linear
         and not (layer._forward_hooks or layer._forward_pre_hooks)
         and onednn_applies(x, layer.weight)
-    ):
-        return onednn_linear(x, layer.weight, layer.bias)
-    return layer(x)
+    )

@@ -1,0 +1,79 @@
+"""Self-attention of long sequences through oneDNN on a CPU.
+
+The plain form is ``F.scaled_dot_product_attention`` (attention.py). On a CPU, torch's
+fp32 SDPA (its flash kernel) runs at about 180 GFLOP/s on our benchmark machine, and
+torch's matrix multiply (MKL) at about 210; oneDNN's inner product, the product
+:mod:`w2v.nn.fast.linear` uses, reaches 450-500. :func:`attention` computes the same
+softmax(q·kᵀ/√d)·v per item and head as two oneDNN products over blocks of queries:
+scores = q_block · k_hᵀ with k_h as the product's weight, softmax over the item's valid
+keys, then probabilities · v_h with v_hᵀ as the weight (oneDNN needs a contiguous weight:
+k_h and v_hᵀ are copied once per item and head, the scale folded into the copy of k_h).
+From about 1000 frames (20 s of audio) it is faster than SDPA (bench/RESULTS.md); below,
+SDPA stays.
+
+Each item attends to its first ``length`` keys only, the valid ones, so padding costs no
+products and a batched item computes what it computes alone. Taken only where it
+computes what SDPA does: the conditions of :func:`w2v.nn.fast.linear.onednn_applies`,
+no attention dropout, no position bias (WavLM keeps SDPA), and a key mask that is a
+prefix of valid frames per item (or none).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from w2v.nn.fast.linear import onednn_applies, onednn_linear
+
+MIN_FRAMES = 1000
+"""Sequences shorter than this keep SDPA, which is faster on them."""
+
+QUERY_BLOCK = 256
+"""Queries per block: the scores of one block and head are QUERY_BLOCK × keys floats."""
+
+
+def valid_lengths(key_mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+    """(B,) valid keys per item from a (B, 1, 1, T) key mask (True = attend), when the mask
+    is a prefix of each item's frames; all T when there is no mask; None when the mask is
+    not a prefix (so :func:`attention` does not apply)."""
+    if key_mask is None:
+        return torch.full((batch,), frames, dtype=torch.long)
+    valid = key_mask.reshape(key_mask.shape[0], -1)
+    if valid.shape != (batch, frames):
+        return None
+    lengths = valid.sum(-1)
+    prefix = torch.arange(frames, device=valid.device) < lengths[:, None]
+    if not torch.equal(valid, prefix) or bool((lengths == 0).any()):
+        return None
+    return lengths.cpu()
+
+
+def applies(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
+    """Whether :func:`attention` computes SDPA's product here (besides the key mask and
+    position bias, which the caller checks)."""
+    # onednn_applies first: under export or compile the length must not be looked at
+    return onednn_applies(q, k) and dropout == 0.0 and q.shape[1] >= MIN_FRAMES
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Multi-head attention of (B, T, D) queries, keys and values (heads side by side
+    along D) → (B, T, D), item b attending to its first ``lengths[b]`` keys."""
+    b, t, d = q.shape
+    hd = d // num_heads
+    scale = 1.0 / math.sqrt(hd)
+    out = q.new_empty(b, t, d)
+    for i in range(b):
+        n = int(lengths[i])
+        for h in range(num_heads):
+            cols = slice(h * hd, (h + 1) * hd)
+            k_h = k[i, :n, cols] * scale  # (n, hd), contiguous: the scores' weight
+            v_t = v[i, :n, cols].T.contiguous()  # (hd, n): the second product's weight
+            for q0 in range(0, t, QUERY_BLOCK):
+                rows = slice(q0, min(q0 + QUERY_BLOCK, t))
+                scores = onednn_linear(q[i, rows, cols], k_h, None)  # (block, n)
+                probs = torch.softmax(scores, -1)
+                out[i, rows, cols] = onednn_linear(probs, v_t, None)
+    return out
