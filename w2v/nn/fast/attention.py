@@ -8,8 +8,8 @@ softmax(q·kᵀ/√d)·v per item and head as two oneDNN products over blocks of
 scores = q_block · k_hᵀ with k_h as the product's weight, softmax over the item's valid
 keys, then probabilities · v_h with v_hᵀ as the weight (oneDNN needs a contiguous weight:
 k_h and v_hᵀ are copied once per item and head, the scale folded into the copy of k_h).
-From about 1000 frames (20 s of audio) it is faster than SDPA (bench/RESULTS.md); below,
-SDPA stays.
+It is as fast as SDPA at 500 frames (10 s of audio) and faster from there (1.1x at 1000
+frames, 1.4x at 3000; bench/RESULTS.md); below 400 frames SDPA stays.
 
 Each item attends to its first ``length`` keys only, the valid ones, so padding costs no
 products and a batched item computes what it computes alone. Taken only where it
@@ -26,11 +26,12 @@ import torch
 
 from w2v.nn.fast.linear import onednn_applies, onednn_linear
 
-MIN_FRAMES = 1000
+MIN_FRAMES = 400
 """Sequences shorter than this keep SDPA, which is faster on them."""
 
-QUERY_BLOCK = 256
-"""Queries per block: the scores of one block and head are QUERY_BLOCK × keys floats."""
+QUERY_BLOCK = 512
+"""Queries per block: the scores of one block and head are QUERY_BLOCK × keys floats
+(6 MB at 3000 keys)."""
 
 
 def valid_lengths(key_mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
