@@ -28,6 +28,17 @@ ATOL_EXACT = {torch.float32: 2e-5}
 # layer 0 of data2vec-audio, so they can differ by ~1.3e-5).
 ATOL_BATCHED = {torch.float32: 2e-5}
 DTYPE = torch.float32
+# data2vec-audio's positional stack (five convolutions, each followed by a LayerNorm without
+# affine) magnifies the conv features' rounding. On a CPU w2v's conv layers are oneDNN's
+# direct convolution, whose fp32 sums are about 8e-6 off a float64 run at the conv features
+# (the product form it replaced: 4e-6); after the stack, w2v's layers are 1.5-2.5e-5 off
+# float64 where transformers' are 7-8e-6, so the two fp32 runs differ by up to 2.5e-5.
+WIDER = {"data2vec-audio": 3e-5}
+
+
+def atol(name: str, table: dict[torch.dtype, float]) -> float:
+    return max(table[DTYPE], WIDER.get(name, 0.0))
+
 
 DEPTH = 3
 BASE = dict(num_hidden_layers=DEPTH)
@@ -110,10 +121,12 @@ def test_batched_equals_each_item_alone(variant):
         i: max_diff(s, [a.hidden_states[i] for a in variant["alone"]], frames)
         for i, s in enumerate(variant["exact"])
     }
-    bad = {i: d for i, d in diffs.items() if not d <= ATOL_EXACT[DTYPE]}
+    bad = {i: d for i, d in diffs.items() if not d <= atol(name, ATOL_EXACT)}
     assert not bad, f"{name}: layers whose valid frames differ from the item run alone: {bad}"
     diff = max_diff(variant["output"], [a.last_hidden_state for a in variant["alone"]], frames)
-    assert diff <= ATOL_EXACT[DTYPE], f"{name}: output differs from the item run alone by {diff}"
+    assert diff <= atol(name, ATOL_EXACT), (
+        f"{name}: output differs from the item run alone by {diff}"
+    )
 
 
 def test_inexact_reproduces_reference_batch(variant):
@@ -123,7 +136,7 @@ def test_inexact_reproduces_reference_batch(variant):
     for i, (s, ref) in enumerate(zip(variant["inexact"], refs, strict=True)):
         for j, n in enumerate(frames):
             torch.testing.assert_close(
-                s[j, :n], ref[j, :n], atol=ATOL_BATCHED[DTYPE], rtol=0,
+                s[j, :n], ref[j, :n], atol=atol(name, ATOL_BATCHED), rtol=0,
                 msg=lambda m, i=i, j=j: f"{name} exact=False, layer {i} item {j}: {m}",
             )  # fmt: skip
 

@@ -24,15 +24,21 @@ ATOL = {torch.float32: 1e-4}
 DTYPE = torch.float32
 
 SECONDS = 2.0
-LONG_SECONDS = 30  # 1499 frames: WavLM's log buckets and the 800-frame clip
+LONG_SECONDS = 30  # 1499 frames: WavLM's log buckets and the 800-frame clip; the CPU's
+# oneDNN attention of long sequences (w2v/nn/fast/attention.py) for the others
 BATCH_SECONDS = (1.6, 1.0, 0.45)
 
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 STABLE = dict(feat_extract_norm="layer", do_stable_layer_norm=True)
 # name → (family, head class, transformers config kwargs (HF defaults = base size), checks)
 CASES = {
-    "wav2vec2-base": ("wav2vec2", "Model", {}, ()),
-    "wav2vec2-large-lv60": ("wav2vec2", "Model", dict(LARGE, **STABLE, conv_bias=True), ("batch",)),
+    "wav2vec2-base": ("wav2vec2", "Model", {}, ("long",)),
+    "wav2vec2-large-lv60": (
+        "wav2vec2",
+        "Model",
+        dict(LARGE, **STABLE, conv_bias=True),
+        ("batch", "long"),
+    ),
     "hubert-base": ("hubert", "Model", {}, ()),
     "hubert-large": ("hubert", "Model", dict(LARGE, **STABLE), ("batch",)),
     "wav2vec2-ctc": ("wav2vec2", "ForCTC", dict(vocab_size=32), ()),
@@ -138,10 +144,12 @@ def test_batch_with_lengths_matches_items_alone(case):
 
 @torch.inference_mode()
 def test_30_seconds(case):
-    """WavLM: relative position buckets in the log range and past the 800-frame clip."""
+    """WavLM: relative position buckets in the log range and past the 800-frame clip.
+    wav2vec2 base and large: on a CPU, attention through oneDNN's products (long
+    sequences), the feed-forward in blocks of rows, at full width."""
     name, model, refs = case
     if name not in LONG_CASES:
-        pytest.skip("30 s input runs on WavLM (relative position buckets)")
+        pytest.skip("30 s input runs on WavLM and wav2vec2 base and large")
     states, _ = model.hidden_states(LONG_INPUT)
     assert states[0].shape[1] == w2v.num_frames(LONG_INPUT.shape[1]) > 800
     assert_layers_close(states, refs["long"][0], ATOL[DTYPE])
