@@ -40,18 +40,10 @@ from w2v.convert.checkpoint import Checkpoint, save
 
 import w2v
 from bench.common import machine_description
+from tests.helpers import TINY_W2V  # the tests' tiny config: one definition
 from w2v.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(
-    conv_dim=(32,) * 7,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    pos_conv_kernel=16,
-    pos_conv_groups=2,
-)
 
 
 def _corpus(root: Path, files: int, lo: float, hi: float) -> float:
@@ -67,7 +59,7 @@ def _corpus(root: Path, files: int, lo: float, hi: float) -> float:
 
 def _checkpoint(path: Path, size: str) -> None:
     torch.manual_seed(0)
-    model = w2v.from_config(Config(**TINY) if size == "tiny" else "wav2vec2-base")
+    model = w2v.from_config(Config(**TINY_W2V) if size == "tiny" else "wav2vec2-base")
     save(Checkpoint(model.config, model.state_dict()), path)
 
 

@@ -18,6 +18,7 @@ from w2v.convert.checkpoint import Checkpoint, save
 import w2v
 from tests.helpers import PEAK_RSS_CODE, REPO, TINY_W2V
 from w2v.config import Config
+from w2v.pipeline import Progress
 from w2v.pipeline.outputs import MANIFEST
 
 # Runs main() and reports the process's own peak resident memory on the last stderr line.
@@ -92,3 +93,20 @@ def manifest_lines(out: Path) -> list[dict]:
     """The manifest's lines parsed (it must be valid UTF-8 JSON Lines)."""
     text = (out / MANIFEST).read_bytes().decode("utf-8")
     return [json.loads(line) for line in text.splitlines()]
+
+
+class Killed(Exception):
+    """Raised by :class:`KillAfter`: a run stopped as if the process had been killed."""
+
+
+class KillAfter(Progress):
+    """Progress that raises :class:`Killed` when the ``n``-th item is reported, mid-batch
+    (the batch's other items are not written)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def item(self, entry: dict) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise Killed

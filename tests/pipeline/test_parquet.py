@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.pipeline.cli_runs import run_cli, write_audio
-from w2v.pipeline import Progress, embed_files
+from tests.pipeline.cli_runs import KillAfter, Killed, run_cli, write_audio
+from w2v.pipeline import embed_files
 from w2v.pipeline.merge import merge_shards
 from w2v.pipeline.outputs import MANIFEST, read_manifest
 from w2v.pipeline.parquet import PARQUET_DIR, read_parquet
@@ -115,19 +115,6 @@ def test_duckdb_and_datasets_read_it_when_installed(tmp_path, audio, ckpt):
 
 def test_a_killed_run_keeps_whole_parts_and_resumes(tmp_path, audio, ckpt):
     out = tmp_path / "pq"
-
-    class Killed(Exception):
-        pass
-
-    class KillAfter(Progress):
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def item(self, entry: dict) -> None:
-            self.n -= 1
-            if self.n == 0:
-                raise Killed
-
     with pytest.raises(Killed):
         embed_files(
             [audio], str(ckpt), out, fmt="parquet", part_bytes=300, progress=KillAfter(3), **RUN

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tests.pipeline.cli_runs import env, run_cli, write_audio
+from tests.pipeline.cli_runs import KillAfter, Killed, env, run_cli, write_audio
 from w2v.cli import main
 from w2v.errors import UsageError
-from w2v.pipeline import Progress, embed_files
+from w2v.pipeline import embed_files
 from w2v.pipeline.merge import merge_shards, shard_journal_name, shard_manifest_name
 from w2v.pipeline.outputs import MANIFEST, read_manifest
 from w2v.pipeline.shards import Shard
@@ -69,19 +69,6 @@ def test_a_killed_shard_reruns_only_what_it_had_not_written(tmp_path, audio, ckp
     embed_files([audio], str(ckpt), single, env={}, **RUN)
     out = tmp_path / "sharded"
     embed_files([audio], str(ckpt), out, env=_slurm(0, 2), **RUN)
-
-    class Killed(Exception):
-        pass
-
-    class KillAfter(Progress):
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def item(self, entry: dict) -> None:
-            self.n -= 1
-            if self.n == 0:
-                raise Killed  # mid-batch: the batch's other items are not written
-
     with pytest.raises(Killed):
         embed_files([audio], str(ckpt), out, env=_slurm(1, 2), progress=KillAfter(2), **RUN)
     with pytest.raises(UsageError, match="1 shard\\(s\\) did not finish"):

@@ -96,18 +96,7 @@ def test_wav2vec2_loss_matches_fairseq(wav2vec2, setting):
     model, refs, meta = wav2vec2
     diversity_weight, penalty_weight = meta["loss_weights"][setting]
     with torch.no_grad():
-        out = wav2vec2_loss(
-            model,
-            refs["waveform"],
-            refs["lengths"],
-            mask_time_indices=refs["mask_time_indices"],
-            sampled_negative_indices=refs["sampled_negative_indices"],
-            style="fairseq",
-            contrastive_temperature=meta["logit_temp"],
-            diversity_weight=diversity_weight,
-            feature_penalty_weight=penalty_weight,
-            exact=False,
-        )
+        out = _fixture_loss(model, refs, meta, setting)
     # fairseq's logits hold -inf where a negative equals its positive; the loss counts them
     assert bool(torch.isinf(refs["logits"]).any())
     assert int(out["num_masked"]) == int(refs[f"{setting}.sample_size"])
@@ -129,7 +118,13 @@ def _train_step(model, refs: dict[str, torch.Tensor], meta: dict) -> dict[str, t
     model.train()
     model.feature_grad_mult = meta["feature_grad_mult"]
     model.pretraining.quantizer.temperature = float(refs["train.temp"])
-    diversity_weight, penalty_weight = meta["loss_weights"]["base"]
+    return _fixture_loss(model, refs, meta, "base", gumbel_noise=refs["train.gumbel_noise"])
+
+
+def _fixture_loss(model, refs: dict, meta: dict, setting: str, **extra) -> dict:
+    """w2v's fairseq-style loss on the fixture's batch, masks, negatives and ``setting``'s
+    loss weights."""
+    diversity_weight, penalty_weight = meta["loss_weights"][setting]
     return wav2vec2_loss(
         model,
         refs["waveform"],
@@ -140,8 +135,8 @@ def _train_step(model, refs: dict[str, torch.Tensor], meta: dict) -> dict[str, t
         contrastive_temperature=meta["logit_temp"],
         diversity_weight=diversity_weight,
         feature_penalty_weight=penalty_weight,
-        gumbel_noise=refs["train.gumbel_noise"],
         exact=False,
+        **extra,
     )
 
 

@@ -34,14 +34,15 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and fast(self.intermediate_dense, x) and fast(self.output_dense, x):
             # inference on a CPU: blocks of rows, the intermediate kept in cache (rows.py)
-            return by_row_blocks(self._products, x, self.output_dense.out_features)
+            return by_row_blocks(self._rows, x, self.output_dense.out_features)
+        return self._rows(x)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on rows (..., D) → (..., D); its dropouts act in train mode only."""
         h = dropout(
             gelu_(linear(self.intermediate_dense, x)), self.activation_dropout, self.training
         )
         return dropout(linear(self.output_dense, h), self.hidden_dropout, self.training)
-
-    def _products(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.output_dense, gelu_(linear(self.intermediate_dense, x)))
 
 
 class EncoderLayer(nn.Module):

@@ -25,6 +25,7 @@ import math
 import torch
 
 from w2v.nn.fast.linear import onednn_applies, onednn_linear
+from w2v.nn.functional import frame_mask
 
 MIN_FRAMES = 400
 """Sequences shorter than this keep SDPA, which is faster on them."""
@@ -44,8 +45,7 @@ def valid_lengths(key_mask: torch.Tensor | None, batch: int, frames: int) -> tor
     if valid.shape != (batch, frames):
         return None
     lengths = valid.sum(-1)
-    prefix = torch.arange(frames, device=valid.device) < lengths[:, None]
-    if not torch.equal(valid, prefix) or bool((lengths == 0).any()):
+    if not torch.equal(valid, frame_mask(lengths, frames)) or bool((lengths == 0).any()):
         return None
     return lengths.cpu()
 
