@@ -16,6 +16,10 @@ R², Pearson's r and Lin's concordance correlation.
 Folds: stratified by class for classes; with groups, no group is in two folds (checked
 on every split). Every step is seeded, and BLAS runs on one thread inside a fit, so the
 same data and seed give the same numbers on any machine with the same libraries.
+
+scikit-learn is imported inside the functions that use it: with scipy, pandas and pyarrow
+behind it, importing it costs every w2v command (the CLI imports the probe package) about
+100 MB and most of a second.
 """
 
 from __future__ import annotations
@@ -24,10 +28,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import balanced_accuracy_score, f1_score, r2_score
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from w2v.errors import UsageError
@@ -90,6 +90,8 @@ def make_folds(
 
 
 def _splitter(kind: str, grouped: bool, folds: int, seed: int):
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
     if kind == "class":
         if grouped:
             return StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
@@ -141,6 +143,8 @@ def probe_layer(
 ) -> LayerScores:
     """Cross-validated scores of a linear probe of ``x`` (n, d) for ``y`` (n,): class codes
     (ints) for ``kind == "class"``, floats for ``"number"``."""
+    from sklearn.exceptions import ConvergenceWarning
+
     out = LayerScores()
     for metric in METRICS[kind]:
         out.scores[metric], out.control[metric] = [], []
@@ -181,6 +185,8 @@ def _choose(
     x: np.ndarray, y: np.ndarray, kind: str, groups: np.ndarray | None, options: ProbeOptions
 ) -> float:
     """The strength with the best mean inner-CV score (ties: the stronger regularisation)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
     grid = CS if kind == "class" else ALPHAS
     n_groups = len(np.unique(groups)) if groups is not None else len(y)
     folds = min(options.inner_folds, n_groups)
@@ -222,6 +228,8 @@ def _fit_predict(
     strength: float,
     options: ProbeOptions,
 ) -> list[np.ndarray]:
+    from sklearn.linear_model import LogisticRegression, Ridge
+
     if kind == "class":
         return [
             LogisticRegression(C=strength, max_iter=options.max_iter).fit(x_tr, t).predict(x_te)
@@ -235,6 +243,8 @@ def _fit_predict(
 def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """One of :data:`CLASS_METRICS` or :data:`NUMBER_METRICS` (0 for a correlation that is
     undefined because one side is constant)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score, r2_score
+
     if metric == "accuracy":
         return float(np.mean(y_true == y_pred))
     if metric == "macro_f1":

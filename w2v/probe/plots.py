@@ -11,17 +11,24 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from w2v.atomic import atomic_write_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 110
 
 
 def _figure(width: float, height: float) -> Figure:
+    # matplotlib is imported here, when a plot is drawn: importing it costs every w2v
+    # command (the CLI imports the probe package) about 60 MB and a quarter of a second
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)  # attaches itself: PNG rendering without pyplot or a display
     return fig

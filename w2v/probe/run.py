@@ -31,9 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
-import sklearn
 import torch
 from joblib import Parallel, delayed
 
@@ -652,6 +650,9 @@ def _matrix(m: np.ndarray) -> list[list[float]]:
 
 
 def _versions() -> dict[str, str]:
+    import matplotlib  # the probe extra, imported when used (linear.py, plots.py)
+    import sklearn
+
     try:
         w2v_version = metadata.version("w2v")
     except metadata.PackageNotFoundError:
