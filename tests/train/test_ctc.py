@@ -18,7 +18,7 @@ LABELS = [[3, 4, 4, 7, 1, 9, 2], [5, 6, 6, 11]]
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(device, tmp_path_factory):
     torch.manual_seed(0)
     hf = perturb_(hf_class("wav2vec2", "ForCTC")(hf_config("wav2vec2", vocab_size=12)))
     path = tmp_path_factory.mktemp("ctc")
@@ -26,7 +26,7 @@ def pair(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = w2v.load(path)
-    return hf, ours
+    return hf.to(device), ours.to(device)
 
 
 def padded(rows: list[list[int]], fill: int) -> torch.Tensor:
@@ -38,13 +38,14 @@ def padded(rows: list[list[int]], fill: int) -> torch.Tensor:
 def test_ctc_loss_equals_transformers(pair, reduction):
     hf, ours = pair
     hf.config.ctc_loss_reduction = reduction
-    x = torch.randn(2, max(LENGTHS), generator=torch.Generator().manual_seed(1))
-    lengths = torch.tensor(LENGTHS)
-    attention = (torch.arange(x.shape[1])[None] < lengths[:, None]).long()
+    device = ours.lm_head.weight.device
+    x = torch.randn(2, max(LENGTHS), generator=torch.Generator().manual_seed(1)).to(device)
+    lengths = torch.tensor(LENGTHS, device=device)
+    attention = (torch.arange(x.shape[1], device=device)[None] < lengths[:, None]).long()
     with torch.no_grad():
-        ref = hf(x, attention_mask=attention, labels=padded(LABELS, -100)).loss
+        ref = hf(x, attention_mask=attention, labels=padded(LABELS, -100).to(device)).loss
         out = ctc_loss(
-            ours, x, lengths, padded(LABELS, 0), [len(r) for r in LABELS],
+            ours, x, lengths, padded(LABELS, 0).to(device), [len(r) for r in LABELS],
             reduction=reduction, exact=False,
         )  # fmt: skip
     assert out.dim() == 0
@@ -54,8 +55,9 @@ def test_ctc_loss_equals_transformers(pair, reduction):
 def test_impossible_item_with_zero_infinity_is_finite_with_zero_gradient(pair):
     _, ours = pair
     ours.train()
-    x = torch.randn(1, 4000)  # 12 frames: 30 distinct labels cannot fit
-    labels = torch.arange(30)[None] % 11 + 1
+    device = ours.lm_head.weight.device
+    x = torch.randn(1, 4000, device=device)  # 12 frames: 30 distinct labels cannot fit
+    labels = torch.arange(30, device=device)[None] % 11 + 1
     ours.zero_grad()
     assert torch.isinf(ctc_loss(ours, x, None, labels, [30]))
     loss = ctc_loss(ours, x, None, labels, [30], zero_infinity=True)
@@ -68,8 +70,10 @@ def test_impossible_item_with_zero_infinity_is_finite_with_zero_gradient(pair):
 
 def test_ctc_arguments_are_checked(pair):
     _, ours = pair
-    x = torch.randn(1, 4000)
+    device = ours.lm_head.weight.device
+    x = torch.randn(1, 4000, device=device)
+    ones = torch.ones(1, 2, dtype=torch.long, device=device)
     with pytest.raises(ValueError, match="reduction"):
-        ctc_loss(ours, x, None, torch.ones(1, 2, dtype=torch.long), [2], reduction="none")
+        ctc_loss(ours, x, None, ones, [2], reduction="none")
     with pytest.raises(ValueError, match="ids in"):
-        ctc_loss(ours, x, None, torch.tensor([[1, 12]]), [2])
+        ctc_loss(ours, x, None, torch.tensor([[1, 12]], device=device), [2])

@@ -82,7 +82,8 @@ CASES = [
 
 @pytest.mark.slow  # 20-30 steps per task: a few seconds each on an idle 2-core CPU
 @pytest.mark.parametrize(("task", "targets", "key", "ratio", "options"), CASES)
-def test_each_loss_falls(corpus, tmp_path, task, targets, key, ratio, options):
+def test_each_loss_falls(corpus, tmp_path, device, task, targets, key, ratio, options):
+    """On a GPU the steps run under bf16 autocast (``amp``, the default) where supported."""
     out = tmp_path / task
     s = settings(task, **options)
     last = train(
@@ -91,6 +92,7 @@ def test_each_loss_falls(corpus, tmp_path, task, targets, key, ratio, options):
         [corpus],
         out,
         targets=None if targets is None else corpus / targets,
+        device=device,
     )
     values = losses(out, key)
     assert len(values) == s.steps and all(math.isfinite(v) for v in values)
