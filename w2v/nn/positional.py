@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.config import Config
+from w2v.nn.fast import fft_conv
 from w2v.nn.fast.derived import cached
 from w2v.nn.functional import channels_last_applies, channels_last_weight, gelu_, grouped_conv1d
 from w2v.nn.norm import LayerNorm
@@ -34,14 +35,31 @@ class WeightNormConv(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fft_conv.applies(x, self.weight_v):
+            transform = cached(
+                self,
+                "fft",
+                lambda: fft_conv.kernel_transform(self.normed_weight(), self.groups),
+                self.weight_v,
+                self.weight_g,
+            )
+            return fft_conv.conv1d(x, transform, self.bias, self.kernel, self.padding)
         channels_last = channels_last_applies(x)
 
         def make() -> torch.Tensor:
-            weight = torch._weight_norm(self.weight_v, self.weight_g, 2)
+            weight = self.normed_weight()
             return channels_last_weight(weight) if channels_last else weight
 
         weight = cached(self, channels_last, make, self.weight_v, self.weight_g)
         return grouped_conv1d(x, weight, self.bias, self.padding, self.groups)
+
+    @property
+    def kernel(self) -> int:
+        return self.weight_v.shape[-1]
+
+    def normed_weight(self) -> torch.Tensor:
+        """The convolution's weight, ``g * v / ||v||``."""
+        return torch._weight_norm(self.weight_v, self.weight_g, 2)
 
 
 class GroupedConv1d(nn.Conv1d):
@@ -51,6 +69,12 @@ class GroupedConv1d(nn.Conv1d):
         super().__init__(dim, dim, kernel, padding=kernel // 2, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fft_conv.applies(x, self.weight):
+            transform = cached(
+                self, "fft", lambda: fft_conv.kernel_transform(self.weight, self.groups),
+                self.weight,
+            )  # fmt: skip
+            return fft_conv.conv1d(x, transform, self.bias, self.kernel_size[0], self.padding[0])
         weight = self.weight
         if channels_last_applies(x):
             weight = cached(self, True, lambda: channels_last_weight(self.weight), self.weight)

@@ -6,6 +6,7 @@ computed faster. Mostly the conv feature encoder's: the numbers of the plain for
 * ``layer0``: conv layer 0 as waveform windows times one matrix, GroupNorm folded in.
 * ``layers``: conv layers ≥ 1, time-major, with their weights prepared once: on a CPU
   oneDNN's direct convolution of a channels-last view.
+* ``fft_conv``: the positional convolution (kernel 128) through the FFT on a CPU.
 * ``linear``, ``attention``, ``rows``: the transformer's products through oneDNN on a
   CPU (Linear layers, attention of long sequences, feed-forward in blocks of rows).
 * ``derived``: weights derived from parameters (channels-last, weight-normed), kept

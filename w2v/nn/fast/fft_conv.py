@@ -1,0 +1,109 @@
+"""The long positional convolution through the FFT, on a CPU in fp32 inference.
+
+wav2vec2's, HuBERT's and WavLM's positional convolution has kernel 128 over 16 groups
+(48 channels each in base, 64 in large): 4.7 GFLOP per 10 s item in base as a direct
+convolution, 3% of the forward pass. Through the FFT it is one small complex product
+per frequency and group, a few percent of those FLOPs.
+
+Overlap-save: the zero-padded sequence is cut into blocks of N = 3K frames, each
+overlapping the next by K - 1. Per block: ``rfft`` over time, per frequency and group
+a (blocks × in) @ (in × out) complex product with the kernel's transform, ``irfft``;
+the last N - K + 1 frames of each block are outputs, the rest wrapped around. A fixed
+block length keeps one kernel transform for every input length, derived once and kept
+(:mod:`derived`): (3K/2 + 1) × C × C/groups complex64, 57 MB for base and 101 MB for
+large.
+
+The numbers are the convolution's up to rounding, and closer to it than the direct
+convolution's fp32 sums: max |error| against a float64 convolution 1.6-2.5e-6 against
+3.5-5.6e-6 (base and large widths, 1-8 items of 10-60 s; bench/RESULTS.md). Time on
+our benchmark CPU, base width: 3.6 against 10.8 ms (1 × 10 s), 24.5 against 75.0
+(8 × 10 s), 17.6 against 64.3 (1 × 60 s).
+
+Taken where the direct convolution's other fast forms are (float32 on a CPU, nothing
+to record for autograd, not compiled, traced or exported) and only for kernels of
+:data:`MIN_KERNEL` taps or more: data2vec-audio's kernel-19 stack keeps the direct
+convolution, which is as fast there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MIN_KERNEL = 64
+"""Fewest taps for which the FFT form is taken."""
+
+BLOCK_ROWS = 32
+"""Blocks (over the whole batch) transformed at a time: bounds the complex
+intermediates at about 40 MB (base width), whatever the input's length."""
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`conv1d` computes the positional convolution of ``x`` (B, C, T)
+    with ``weight`` (C_out, C_in/groups, K) here (module docstring). ``weight`` is a
+    parameter the kernel transform is derived from: an inference tensor has no version
+    counter to keep the transform by, so it keeps the direct form."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.shape[-1] >= MIN_KERNEL
+        and x.shape[-1] > 0
+        and not weight.is_inference()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
+def block_length(kernel: int) -> int:
+    """N, the frames per block for a ``kernel``-tap convolution: 3K, so that each block
+    gives 2K + 1 outputs."""
+    return 3 * kernel
+
+
+def kernel_transform(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(C_out, C_in/groups, K) weight → (N/2 + 1, groups, in, out) complex64: the
+    transform of each tap sequence reversed (the convolution is a correlation), taken
+    in float64."""
+    c_out, per_group, kernel = weight.shape
+    spectrum = torch.fft.rfft(weight.double().flip(-1), n=block_length(kernel), dim=-1)
+    spectrum = spectrum.view(groups, c_out // groups, per_group, -1)  # (G, out, in, F)
+    return spectrum.permute(3, 0, 2, 1).to(torch.complex64).contiguous()
+
+
+def conv1d(
+    x: torch.Tensor,
+    transform: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel: int,
+    padding: int,
+) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, padding=padding, groups=G)`` of (B, C, T) ``x`` from
+    the weight's :func:`kernel_transform`. Returns (B, C, T') whose memory is time-major
+    ((B, T', C) contiguous)."""
+    b, c, t = x.shape
+    n = block_length(kernel)
+    step = n - kernel + 1  # outputs per block
+    t_out = t + 2 * padding - kernel + 1
+    blocks = -(-t_out // step)
+    groups = transform.shape[1]
+    # (B, T', C), zero-padded on both sides to whole blocks; the windows are (rows, C, n)
+    padded = F.pad(x.transpose(1, 2), (0, 0, padding, (blocks - 1) * step + n - t - padding))
+    windows = padded.unfold(1, n, step).flatten(0, 1)
+    out = x.new_empty(b * blocks, step, c)
+    for r0 in range(0, b * blocks, BLOCK_ROWS):
+        spectra = torch.fft.rfft(windows[r0 : r0 + BLOCK_ROWS], dim=-1)  # (r, C, F)
+        r = spectra.shape[0]
+        spectra = spectra.view(r, groups, c // groups, -1).permute(3, 1, 0, 2)  # (F, G, r, in)
+        products = torch.matmul(spectra, transform)  # (F, G, r, out)
+        products = products.permute(2, 1, 3, 0).reshape(r, c, -1)  # (r, C, F)
+        y = torch.fft.irfft(products, n=n, dim=-1)[..., kernel - 1 :]  # (r, C, step)
+        out[r0 : r0 + r] = y.transpose(1, 2)
+    out = out.view(b, blocks * step, c)[:, :t_out]
+    # one pass makes the output contiguous and adds the bias
+    out = out + bias if bias is not None else out.contiguous()
+    return out.transpose(1, 2)
