@@ -24,7 +24,7 @@ def _conv64(x, weight, bias, padding, groups):
     ("batch", "frames", "channels", "groups", "kernel"),
     [
         (2, 499, 768, 16, 128),  # wav2vec2-base's, 10 s
-        (1, 5160, 64, 4, 64),  # 40 blocks: more than BLOCK_ROWS at a time
+        (1, 5160, 64, 4, 64),  # 40 blocks: several BLOCK_ROWS at a time
         (3, 10, 32, 2, 64),  # shorter than the kernel
         (1, 300, 48, 3, 95),  # odd kernel
     ],

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 MIN_KERNEL = 64
 """Fewest taps for which the FFT form is taken."""
 
-BLOCK_ROWS = 32
-"""Blocks (over the whole batch) transformed at a time: bounds the complex
-intermediates at about 40 MB (base width), whatever the input's length."""
+BLOCK_ROWS = 8
+"""Blocks (over the whole batch) transformed at a time: bounds each complex
+intermediate at about 10 MB (base width; 13 MB large), whatever the input's length.
+32 at a time was no faster (bench/RESULTS.md)."""
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
