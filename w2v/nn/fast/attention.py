@@ -7,7 +7,9 @@ torch's matrix multiply (MKL) at about 210; oneDNN's inner product, the product
 softmax(q·kᵀ/√d)·v per item and head as two oneDNN products over blocks of queries:
 scores = q_block · k_hᵀ with k_h as the product's weight, softmax over the item's valid
 keys, then probabilities · v_h with v_hᵀ as the weight (oneDNN needs a contiguous weight:
-k_h and v_hᵀ are copied once per item and head, the scale folded into the copy of k_h).
+each item's keys and values are copied once, head-major, as (heads, n, d_h) keys with the
+scale folded in and (heads, d_h, n) transposed values; one copy per item instead of one
+per head is 7-15% faster at 500 frames in batches and at large's width, the same numbers).
 It is as fast as SDPA at 500 frames (10 s of audio) and faster from there (1.1x at 1000
 frames, 1.4x at 3000; bench/RESULTS.md); below 400 frames SDPA stays.
 
@@ -68,13 +70,14 @@ def attention(
     out = q.new_empty(b, t, d)
     for i in range(b):
         n = int(lengths[i])
+        # the products' weights, contiguous per head: (H, n, hd) scaled keys, (H, hd, n) values
+        keys = (k[i, :n] * scale).view(n, num_heads, hd).transpose(0, 1).contiguous()
+        values = v[i, :n].view(n, num_heads, hd).permute(1, 2, 0).contiguous()
         for h in range(num_heads):
             cols = slice(h * hd, (h + 1) * hd)
-            k_h = k[i, :n, cols] * scale  # (n, hd), contiguous: the scores' weight
-            v_t = v[i, :n, cols].T.contiguous()  # (hd, n): the second product's weight
             for q0 in range(0, t, QUERY_BLOCK):
                 rows = slice(q0, min(q0 + QUERY_BLOCK, t))
-                scores = onednn_linear(q[i, rows, cols], k_h, None)  # (block, n)
+                scores = onednn_linear(q[i, rows, cols], keys[h], None)  # (block, n)
                 probs = torch.softmax(scores, -1)
-                out[i, rows, cols] = onednn_linear(probs, v_t, None)
+                out[i, rows, cols] = onednn_linear(probs, values[h], None)
     return out
