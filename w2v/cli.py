@@ -570,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="run the model through torch.compile (a slow first batch, then faster)",
+        help="run the model through torch.compile (a slow first batch, then faster on a GPU;"
+        " on a CPU slower than the default eager fast paths)",
     )
     p.add_argument(
         "--backend",

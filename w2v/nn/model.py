@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -391,7 +392,19 @@ class Model(nn.Module):
 
     def compile(self, **kwargs) -> Model:
         """Compile the computation with :func:`torch.compile` (``dynamic=True`` by default,
-        so new input lengths do not recompile); input checks stay eager. Returns self."""
+        so new input lengths do not recompile); input checks stay eager. Returns self.
+
+        On a CPU this warns: the CPU fast paths (:mod:`w2v.nn.fast`) run eagerly only, so
+        the compiled model computes the plain forms, which on our benchmark CPU made
+        wav2vec2-base 0.6x as fast as eager in fp32 and no faster in bf16
+        (bench/RESULTS.md). Compiling pays on a GPU."""
+        if any(p.device.type == "cpu" for p in self.parameters()):
+            warnings.warn(
+                "torch.compile on a CPU is slower than w2v's eager fast paths (wav2vec2-base:"
+                " 0.6x in fp32, 1.0x in bf16); leave compile off on a CPU",
+                UserWarning,
+                stacklevel=2,
+            )
         kwargs.setdefault("dynamic", True)
         self._layers = torch.compile(self._layers, **kwargs)
         return self
