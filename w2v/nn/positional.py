@@ -18,6 +18,8 @@ class WeightNormConv(nn.Module):
 
     ``weight_g`` (1, 1, K) and ``weight_v`` (D, D/groups, K) are stored as in
     checkpoints; ``torch._weight_norm(v, g, dim=2)`` matches the reference bit for bit.
+    Where :func:`w2v.nn.fast.fft_conv.applies` (CPU fp32 inference) it runs through the
+    FFT.
     """
 
     def __init__(self, dim: int, kernel: int, groups: int):
@@ -36,14 +38,11 @@ class WeightNormConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fft_conv.applies(x, self.weight_v):
-            transform = cached(
-                self,
-                "fft",
-                lambda: fft_conv.kernel_transform(self.normed_weight(), self.groups),
-                self.weight_v,
-                self.weight_g,
+            sources = (self.weight_v, self.weight_g)
+            kernel = self.weight_v.shape[-1]
+            return fft_conv.conv1d_kept(
+                self, x, self.normed_weight, sources, self.bias, kernel, self.padding, self.groups
             )
-            return fft_conv.conv1d(x, transform, self.bias, self.kernel, self.padding)
         channels_last = channels_last_applies(x)
 
         def make() -> torch.Tensor:
@@ -53,28 +52,32 @@ class WeightNormConv(nn.Module):
         weight = cached(self, channels_last, make, self.weight_v, self.weight_g)
         return grouped_conv1d(x, weight, self.bias, self.padding, self.groups)
 
-    @property
-    def kernel(self) -> int:
-        return self.weight_v.shape[-1]
-
     def normed_weight(self) -> torch.Tensor:
         """The convolution's weight, ``g * v / ||v||``."""
         return torch._weight_norm(self.weight_v, self.weight_g, 2)
 
 
 class GroupedConv1d(nn.Conv1d):
-    """A plain-weight grouped positional conv ("same" padding) run by :func:`grouped_conv1d`."""
+    """A plain-weight grouped positional conv ("same" padding) run by :func:`grouped_conv1d`,
+    or where :func:`w2v.nn.fast.fft_conv.applies` (a long kernel, CPU fp32 inference)
+    through the FFT."""
 
     def __init__(self, dim: int, kernel: int, groups: int):
         super().__init__(dim, dim, kernel, padding=kernel // 2, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fft_conv.applies(x, self.weight):
-            transform = cached(
-                self, "fft", lambda: fft_conv.kernel_transform(self.weight, self.groups),
-                self.weight,
-            )  # fmt: skip
-            return fft_conv.conv1d(x, transform, self.bias, self.kernel_size[0], self.padding[0])
+            (kernel,), (padding,) = self.kernel_size, self.padding
+            return fft_conv.conv1d_kept(
+                self,
+                x,
+                lambda: self.weight,
+                (self.weight,),
+                self.bias,
+                kernel,
+                padding,
+                self.groups,
+            )
         weight = self.weight
         if channels_last_applies(x):
             weight = cached(self, True, lambda: channels_last_weight(self.weight), self.weight)

@@ -27,8 +27,13 @@ convolution, which is as fast there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from w2v.nn.fast.derived import cached
 
 MIN_KERNEL = 64
 """Fewest taps for which the FFT form is taken."""
@@ -108,3 +113,20 @@ def conv1d(
     # one pass makes the output contiguous and adds the bias
     out = out + bias if bias is not None else out.contiguous()
     return out.transpose(1, 2)
+
+
+def conv1d_kept(
+    owner: nn.Module,
+    x: torch.Tensor,
+    weight: Callable[[], torch.Tensor],
+    sources: tuple[torch.Tensor, ...],
+    bias: torch.Tensor | None,
+    kernel: int,
+    padding: int,
+    groups: int,
+) -> torch.Tensor:
+    """:func:`conv1d` of ``x`` for the conv module ``owner``, whose weight ``weight()``
+    derives from the parameters ``sources``: the kernel transform is kept on ``owner``
+    while they are unchanged (:func:`w2v.nn.fast.derived.cached`)."""
+    transform = cached(owner, "fft", lambda: kernel_transform(weight(), groups), *sources)
+    return conv1d(x, transform, bias, kernel, padding)
