@@ -14,10 +14,11 @@ block length keeps one kernel transform for every input length, derived once and
 large.
 
 The numbers are the convolution's up to rounding, and closer to it than the direct
-convolution's fp32 sums: max |error| against a float64 convolution 1.6-2.5e-6 against
-3.5-5.6e-6 (base and large widths, 1-8 items of 10-60 s; bench/RESULTS.md). Time on
-our benchmark CPU, base width: 3.6 against 10.8 ms (1 × 10 s), 24.5 against 75.0
-(8 × 10 s), 17.6 against 64.3 (1 × 60 s).
+convolution's fp32 sums: max |error| against a float64 convolution 0.4-0.5 times the
+direct form's (base and large widths, 1-8 items of 10-60 s). On our benchmark CPU it
+takes 2.3-3.5 times less time than oneDNN's direct convolution (base, 1 × 10 s: 4.2
+against 12.5 ms); ``python -m bench.bench_positional`` measures it, figures in
+bench/RESULTS.md.
 
 Taken where the direct convolution's other fast forms are (float32 on a CPU, nothing
 to record for autograd, not compiled, traced or exported) and only for kernels of
@@ -66,17 +67,21 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def block_length(kernel: int) -> int:
-    """N, the frames per block for a ``kernel``-tap convolution: 3K, so that each block
-    gives 2K + 1 outputs."""
-    return 3 * kernel
+    """N, the frames per block for a ``kernel``-tap convolution: 3K rounded up to even (the
+    transform's length fixes an even N), so that each block gives 2K + 1 outputs or more."""
+    return 3 * kernel + kernel % 2
 
 
-def kernel_transform(weight: torch.Tensor, groups: int) -> torch.Tensor:
+def kernel_transform(weight: torch.Tensor, groups: int, block: int | None = None) -> torch.Tensor:
     """(C_out, C_in/groups, K) weight → (N/2 + 1, groups, in, out) complex64: the
     transform of each tap sequence reversed (the convolution is a correlation), taken
-    in float64."""
+    in float64. ``block``: N, even and more than K (default :func:`block_length`); the
+    transform's length fixes the block length :func:`conv1d` uses."""
     c_out, per_group, kernel = weight.shape
-    spectrum = torch.fft.rfft(weight.double().flip(-1), n=block_length(kernel), dim=-1)
+    block = block_length(kernel) if block is None else block
+    if block % 2 or block <= kernel:
+        raise ValueError(f"block length {block}: must be even and more than the kernel, {kernel}")
+    spectrum = torch.fft.rfft(weight.double().flip(-1), n=block, dim=-1)
     spectrum = spectrum.view(groups, c_out // groups, per_group, -1)  # (G, out, in, F)
     return spectrum.permute(3, 0, 2, 1).to(torch.complex64).contiguous()
 
@@ -92,7 +97,7 @@ def conv1d(
     the weight's :func:`kernel_transform`. Returns (B, C, T') whose memory is time-major
     ((B, T', C) contiguous)."""
     b, c, t = x.shape
-    n = block_length(kernel)
+    n = 2 * (transform.shape[0] - 1)  # the block length the transform was taken for
     step = n - kernel + 1  # outputs per block
     t_out = t + 2 * padding - kernel + 1
     blocks = -(-t_out // step)
