@@ -124,3 +124,27 @@ def test_direct_form_where_the_fft_form_does_not_apply(monkeypatch):
         inference(x)
     assert calls["conv1d"] == 2
     assert calls["kernel_transform"] == 2
+
+
+def test_forms_kept_for_other_weights_are_released():
+    """After a change of dtype (or device, or an optimiser step), the next call drops the
+    kernel transform kept for the old weights."""
+    torch.manual_seed(0)
+    conv = WeightNormConv(32, 64, 4)
+    x = torch.randn(1, 200, 32).transpose(1, 2)
+    with torch.no_grad():
+        conv(x)
+        assert set(conv._derived) == {"fft"}
+        conv.double()
+        conv(x.double())  # not float32: the direct form, with its channels-last weight
+    assert set(conv._derived) == {True}
+
+
+def test_moving_the_model_releases_its_derived_weights():
+    model = _model()
+    with torch.no_grad():
+        model(torch.randn(1, 24000))
+    kept = [m for m in model.modules() if m.__dict__.get("_derived")]
+    assert kept  # the positional conv's transform, the conv layers' channels-last copies
+    model.double()
+    assert not any(m.__dict__.get("_derived") for m in model.modules())

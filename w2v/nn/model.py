@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from w2v.config import SAMPLE_RATE, CheckpointInfo, Config, Regularization
 from w2v.nn.encoder import Encoder, dropout
+from w2v.nn.fast.derived import release
 from w2v.nn.fast.linear import linear
 from w2v.nn.feature_encoder import FeatureEncoder, scale_grad
 from w2v.nn.functional import frame_mask
@@ -389,6 +390,13 @@ class Model(nn.Module):
         )
         _, x = self._transformer(x, key_mask, self.config.num_layers, frozenset())
         return Encoded(self.encoder.finish(x), conv, normed, frame_lengths)
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .cuda(), .double() and the like: the forms derived from the old weights
+        # (w2v.nn.fast.derived) are dropped before the weights move
+        for module in self.modules():
+            release(module)
+        return super()._apply(fn, recurse)
 
     def compile(self, **kwargs) -> Model:
         """Compile the computation with :func:`torch.compile` (``dynamic=True`` by default,

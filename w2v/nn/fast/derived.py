@@ -31,7 +31,9 @@ def cached(
     owner: nn.Module, name: Hashable, make: Callable[[], torch.Tensor], *sources: torch.Tensor
 ) -> torch.Tensor:
     """``make()``, reused from the previous call under ``name`` while ``sources`` are
-    unchanged, in calls that record no gradient; else made afresh."""
+    unchanged, in calls that record no gradient; else made afresh. All the forms an
+    ``owner`` keeps must derive from the same ``sources``: a call that finds them changed
+    drops every form kept for their old values."""
     if (
         torch.is_grad_enabled()
         or torch.compiler.is_compiling()
@@ -46,6 +48,16 @@ def cached(
     hit = store.get(name)
     if hit is not None and hit[0] == signature:
         return hit[1]
+    # every form kept on one owner derives from the same sources: the ones kept for other
+    # values (before an optimiser step, a .to() another device or dtype) are stale
+    for key in [key for key, (kept, _) in store.items() if kept != signature]:
+        del store[key]
     value = make()
     store[name] = (signature, value)
     return value
+
+
+def release(owner: nn.Module) -> None:
+    """Drop every form kept on ``owner``: for a call that takes a form needing none (the
+    CPU forms of a module that now computes on another device)."""
+    owner.__dict__.pop("_derived", None)
