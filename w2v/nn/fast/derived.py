@@ -1,15 +1,18 @@
 """Weights derived from parameters, kept between inference calls.
 
 Some layers compute with a form of their parameters rather than the parameters
-themselves: the positional convolution's weight-normed weight, and on a CPU the
-channels-last copies oneDNN's convolutions are fastest with. Made on every call they cost
+themselves: the positional convolution's weight-normed weight, and on a CPU its kernel
+transform (:mod:`w2v.nn.fast.fft_conv`) and the channels-last copies oneDNN's
+convolutions are fastest with. Made on every call they cost
 a pass over the weight each (on wav2vec2-base, 9 ms of a 400 ms forward pass: the
 positional weight's norm and its channels-last copy). :func:`cached` keeps the derived
 tensor on the module while its sources are unchanged: the same storage and the same
 version counter, which every in-place change (``load_state_dict``, an optimiser step,
 ``copy_``) advances. Only calls that record no gradient use it, and only for sources
 that have a version counter (not inference tensors); training, torch.compile and export
-derive it afresh each call.
+derive it afresh each call. Stale forms are not kept: a call that finds the sources
+changed drops the owner's forms for their old values, and :func:`release` drops them
+all (``Model`` does so whenever it moves to another device or dtype).
 """
 
 from __future__ import annotations
