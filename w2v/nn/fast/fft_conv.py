@@ -5,7 +5,8 @@ wav2vec2's, HuBERT's and WavLM's positional convolution has kernel 128 over 16 g
 convolution, 3% of the forward pass. Through the FFT it is one small complex product
 per frequency and group, a few percent of those FLOPs.
 
-Overlap-save: the zero-padded sequence is cut into blocks of N = 3K frames, each
+Overlap-save: the zero-padded sequence is cut into blocks of N = 3K frames (rounded up
+to even), each
 overlapping the next by K - 1. Per block: ``rfft`` over time, per frequency and group
 a (blocks × in) @ (in × out) complex product with the kernel's transform, ``irfft``;
 the last N - K + 1 frames of each block are outputs, the rest wrapped around. A fixed
