@@ -6,9 +6,9 @@ convolution, 3% of the forward pass. Through the FFT it is one small complex pro
 per frequency and group, a few percent of those FLOPs.
 
 Overlap-save: the zero-padded sequence is cut into blocks of N = 3K frames (rounded up
-to even), each
-overlapping the next by K - 1. Per block: ``rfft`` over time, per frequency and group
-a (blocks × in) @ (in × out) complex product with the kernel's transform, ``irfft``;
+to even), each overlapping the next by K - 1. Per block: ``rfft`` over time, per
+frequency and group a (blocks × in) @ (in × out) complex product with the kernel's
+transform, ``irfft``;
 the last N - K + 1 frames of each block are outputs, the rest wrapped around. A fixed
 block length keeps one kernel transform for every input length, derived once and kept
 (:mod:`derived`): (3K/2 + 1) × C × C/groups complex64, 57 MB for base and 101 MB for
