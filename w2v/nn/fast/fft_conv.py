@@ -8,11 +8,10 @@ per frequency and group, a few percent of those FLOPs.
 Overlap-save: the zero-padded sequence is cut into blocks of N = 3K frames (rounded up
 to even), each overlapping the next by K - 1. Per block: ``rfft`` over time, per
 frequency and group a (blocks × in) @ (in × out) complex product with the kernel's
-transform, ``irfft``;
-the last N - K + 1 frames of each block are outputs, the rest wrapped around. A fixed
-block length keeps one kernel transform for every input length, derived once and kept
-(:mod:`derived`): (3K/2 + 1) × C × C/groups complex64, 57 MB for base and 101 MB for
-large.
+transform, ``irfft``; the last N - K + 1 frames of each block are outputs, the rest
+wrapped around. A fixed block length keeps one kernel transform for every input length,
+derived once and kept (:mod:`derived`): (N/2 + 1) × C × C/groups complex64, 57 MB for
+base and 101 MB for large.
 
 The numbers are the convolution's up to rounding, and closer to it than the direct
 convolution's fp32 sums: max |error| against a float64 convolution 0.4-0.5 times the
