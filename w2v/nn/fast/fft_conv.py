@@ -20,8 +20,9 @@ takes 2.3-3.5 times less time than oneDNN's direct convolution (base, 1 × 10 s:
 against 12.5 ms); ``python -m bench.bench_positional`` measures it, figures in
 bench/RESULTS.md.
 
-Taken where the direct convolution's other fast forms are (float32 on a CPU, nothing
-to record for autograd, not compiled, traced or exported) and only for kernels of
+Taken where the other CPU fast paths are (:func:`w2v.nn.fast.linear.cpu_fp32_inference`:
+float32 on a CPU, nothing to record for autograd, not compiled, traced or exported), for
+parameters that are not inference tensors, and only for kernels of
 :data:`MIN_KERNEL` taps or more: data2vec-audio's kernel-19 stack keeps the direct
 convolution, which is as fast there.
 """
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2v.nn.fast.derived import cached
+from w2v.nn.fast.linear import cpu_fp32_inference
 
 MIN_KERNEL = 64
 """Fewest taps for which the FFT form is taken."""
@@ -51,18 +53,10 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     parameter the kernel transform is derived from: an inference tensor has no version
     counter to keep the transform by, so it keeps the direct form."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and weight.shape[-1] >= MIN_KERNEL
+        weight.shape[-1] >= MIN_KERNEL
         and x.shape[-1] > 0
         and not weight.is_inference()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
+        and cpu_fp32_inference(x, weight)
     )
 
 

@@ -21,21 +21,27 @@ from torch import nn
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the oneDNN product computes ``F.linear(x, weight, ...)`` here: float32 on
-    a CPU, no gradient to record, not traced for export or compiled, not empty."""
+def cpu_fp32_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where the CPU fast paths may replace a plain op on ``x`` with ``weight``: float32 on
+    a CPU, no gradient to record, not under CPU autocast, not compiled, traced or
+    exported."""
     return (
-        ONEDNN
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.numel() > 0
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
     )
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the oneDNN product computes ``F.linear(x, weight, ...)`` here: where
+    :func:`cpu_fp32_inference`, not empty."""
+    return ONEDNN and x.numel() > 0 and cpu_fp32_inference(x, weight)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
