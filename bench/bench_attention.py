@@ -35,13 +35,13 @@ import math
 import random
 import time
 import warnings
-from statistics import median
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 import w2v
-from bench.common import loadavg, machine_description, ort_matmul_peak
+from bench.common import alternating_ms, loadavg, machine_description, ort_matmul_peak
 from w2v.nn.fast import attention as fast_attention
 from w2v.nn.fast.linear import onednn_linear
 
@@ -97,12 +97,7 @@ def rates(reps: int) -> list[str]:
         torch.set_num_threads(n)
         for name, fn in (("softmax", lambda: torch.softmax(x, -1)), ("exp", lambda: x.exp())):
             fn()
-            ts = []
-            for _ in range(reps * 5):
-                start = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - start)
-            per_ns = x.numel() / median(ts) / 1e9
+            per_ns = x.numel() / alternating_ms({name: fn}, reps * 5)[name] / 1e6
             rows.append(f"| {name} | {n} | {per_ns:.2f} | {per_ns / n:.2f} |")
     torch.set_num_threads(threads)
     return rows
@@ -165,13 +160,8 @@ def onednn_graph(widths: list[int], frames: list[int], reps: int) -> None:
                 for _ in range(3):  # profiling runs, then the fused graph for this shape
                     fused(x)
                 diff = (fused(x) - layer(x)).abs().max().item()
-                times: dict[str, list[float]] = {"fused": [], "w2v": []}
-                for _ in range(reps):
-                    for name, fn in (("fused", fused), ("w2v", layer)):
-                        start = time.perf_counter()
-                        fn(x)
-                        times[name].append(time.perf_counter() - start)
-                a, b = (1000 * median(times[n]) for n in ("fused", "w2v"))
+                ms = alternating_ms({"fused": partial(fused, x), "w2v": partial(layer, x)}, reps)
+                a, b = ms["fused"], ms["w2v"]
                 print(
                     f"| {names[width]} | {batch} × {t} | {a:.2f} | {b:.2f} | {b / a:.2f}x | "
                     f"{diff:.1e} |",
@@ -217,15 +207,9 @@ def main() -> None:
             gflop = 4 * frames * frames * width / 1e9
             with torch.inference_mode():
                 runs = forms(q, k, v, width // HEAD_DIM)
-                times: dict[str, list[float]] = {name: [] for name in runs}
                 for fn in runs.values():
                     fn()
-                for _ in range(args.reps):
-                    for name, fn in runs.items():
-                        start = time.perf_counter()
-                        fn()
-                        times[name].append(time.perf_counter() - start)
-            ms = {name: 1000 * median(ts) for name, ts in times.items()}
+                ms = alternating_ms(runs, args.reps)
             rest = ms["w2v"] - ms["products"] - ms["softmax"]
 
             def pct(t: float, gflop: float = gflop) -> str:

@@ -20,13 +20,12 @@ inference mode; the table gives the median ms, the speed-up over ``direct``, and
 from __future__ import annotations
 
 import argparse
-import time
-from statistics import median
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import loadavg, machine_description
+from bench.common import alternating_ms, loadavg, machine_description
 from w2v.nn.fast import fft_conv
 from w2v.nn.functional import channels_last_weight, conv1d_channels_last
 
@@ -72,17 +71,11 @@ def main() -> None:
             ref = F.conv1d(
                 x.double(), weight.double(), bias.double(), padding=KERNEL // 2, groups=GROUPS
             )
-            times: dict[str, list[float]] = {name: [] for name in runs}
             errors = {}
             with torch.inference_mode():
                 for name, fn in runs.items():
                     errors[name] = (fn(x).double() - ref).abs().max().item()
-                for _ in range(args.reps):
-                    for name, fn in runs.items():
-                        start = time.perf_counter()
-                        fn(x)
-                        times[name].append(time.perf_counter() - start)
-            ms = {name: 1000 * median(ts) for name, ts in times.items()}
+                ms = alternating_ms({name: partial(fn, x) for name, fn in runs.items()}, args.reps)
             for name in runs:
                 print(
                     f"| {width} | {batch} × {frames} | {name} | {ms[name]:.2f} | "

@@ -7,6 +7,7 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -97,6 +98,19 @@ def timed(fn, device: str) -> tuple[float, int, object]:
 
 def median(xs):
     return statistics.median(xs)
+
+
+def alternating_ms(runs: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median milliseconds of each no-argument function, over ``reps`` rounds that call
+    every one in turn, so a slow spell of the machine falls on all of them alike (no
+    warm-up: the caller's)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
 def model_flops(config: Config, batch: int, samples: int) -> float:
